@@ -1,0 +1,1 @@
+"""Decoding: the loop, and its three axes (policies, caches, schedules)."""

@@ -1,0 +1,96 @@
+"""Fast-dLLM's block-wise approximate KV caches (arXiv 2505.22618 §3.2, Algorithm 1; `generate_with_prefix_cache`,
+`generate_with_dual_cache`).
+
+At the first step of each block a row runs a FULL forward: it yields that step's logits (the step commits and
+counts as 1 NFE, as in the reference) and the K/V of every canvas row, stored as the cache. Later steps of the
+block compute only some query rows and read the other rows' K/V from the cache:
+
+- `PrefixCache`: queries are the generation region (static width; the reference's shrinking `x[:, s:]` padded
+  to a fixed size), K/V of rows >= block start are fresh, rows before it come from the cache.
+- `DualCache`: queries are the active block only (static width), K/V of the block rows are fresh, every other
+  row (prefix and the masked suffix) comes from the cache.
+
+For shifted-logit models (Dream) the query window starts one row earlier, so that the block's first position
+is predicted from a real output; that extra row's K/V still come from the cache. (Fast-dLLM's Dream code
+instead commits the block's first token unconditionally at the refresh; jdllm does not copy that hack.)
+
+`refresh_every=k` also re-runs the full forward every k steps inside a block. Rows of a batch refresh when
+*they* start a block; in an iteration where some row refreshes, the other rows idle (no commit, no NFE), so a
+row's tokens never depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jdllm.decode.caches.base import CacheStrategy, KVCache, full_window_logits, window_head
+from jdllm.decode.canvas import row_range, slice_rows, update_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockKVCache(CacheStrategy):
+    refresh_every: int | None = None
+
+    def __post_init__(self):
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1 or None, got {self.refresh_every}")
+
+    def init(self, cfg, batch, length):
+        return KVCache.zeros(cfg, batch, length)
+
+    def cached_logits(self, model, canvas, window_start, width, cache: KVCache):
+        raise NotImplementedError  # abstract
+
+    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, step_in_block):
+        needs = refresh
+        if self.refresh_every is not None:
+            needs = needs | (step_in_block % self.refresh_every == 0)
+        needs = needs & live
+
+        def do_refresh(cache):
+            logits, kvs = full_window_logits(model, canvas, window_start, width)
+            return logits, KVCache.stack(kvs).where_rows(needs, cache), needs
+
+        def do_cached(cache):
+            return self.cached_logits(model, canvas, window_start, width, cache), cache, live
+
+        return jax.lax.cond(jnp.any(needs), do_refresh, do_cached, cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache(_BlockKVCache):
+    def cached_logits(self, model, canvas, window_start, width, cache):
+        shift = model.config.shift
+        first = canvas.prompt_len - shift
+        length = canvas.tokens.shape[1]
+        fresh = row_range(length, window_start, jnp.full_like(window_start, length))[:, :, None, None]
+
+        def merge(i, k, v):
+            k_all = jnp.concatenate([cache.k[i][:, :first], k], axis=1)
+            v_all = jnp.concatenate([cache.v[i][:, :first], v], axis=1)
+            return jnp.where(fresh, k_all, cache.k[i]), jnp.where(fresh, v_all, cache.v[i])
+
+        hidden, _ = model.layers(canvas.tokens[:, first:], canvas.positions[:, first:], canvas.valid, merge)
+        return window_head(model, hidden, window_start - shift - first, width)
+
+
+@dataclasses.dataclass(frozen=True)
+class DualCache(_BlockKVCache):
+    def cached_logits(self, model, canvas, window_start, width, cache):
+        shift = model.config.shift
+        q_start = window_start - shift
+        length = canvas.tokens.shape[1]
+        fresh = row_range(length, window_start, window_start + width)[:, :, None, None]
+        tokens = slice_rows(canvas.tokens, q_start, width + shift)
+        positions = slice_rows(canvas.positions, q_start, width + shift)
+
+        def merge(i, k, v):
+            k_all = update_rows(cache.k[i], k, q_start)
+            v_all = update_rows(cache.v[i], v, q_start)
+            return jnp.where(fresh, k_all, cache.k[i]), jnp.where(fresh, v_all, cache.v[i])
+
+        hidden, _ = model.layers(tokens, positions, canvas.valid, merge)
+        return model.head(hidden[:, :width])

@@ -1,0 +1,523 @@
+"""Masked-diffusion supervised fine-tuning (the LLaDA SFT objective) with optax, plus a greedy LLaDA sampler for
+validation.
+
+Objective (LLaDA, arXiv 2502.09992, Eq. 5 / the SFT recipe of its guidelines): for each example draw
+t ~ U(0, 1), p_mask = (1 - eps) t + eps; mask every *answer* position independently with probability p_mask
+(the prompt is never masked); the loss is the cross entropy on masked positions divided by p_mask, normalised by
+the answer length. The answer region is padded after the answer with EOS tokens, which are part of the answer
+(LLaDA-Instruct SFT), so the model learns to fill the tail of a generation with EOS.
+
+Layout: fixed-length rows ``[left-padded prompt | answer + EOS padding]`` of width ``prompt_len + gen_len``.
+The left padding carries ``attention_mask = False`` and positions ``cumsum(mask) - 1`` exactly as at inference,
+so a row's computation does not depend on how much padding it has.
+
+Training is resumable: an orbax checkpoint holds the step, the parameters and the optimiser state; the data
+order and the masking noise are pure functions of (seed, step), so restoring the step restores the data RNG
+position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jdllm.models.config import ModelConfig
+from jdllm.models.transformer import Transformer
+from jdllm.tasks.arithmetic import Problem, format_prompt, score
+from jdllm.tokenizer import Tokenizer, build_char_tokenizer
+
+
+# ======================================================================================================= config
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one masked-diffusion SFT run."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    peak_lr: float = 1e-3
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1  # cosine decays to peak_lr * end_lr_ratio
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip: float = 1.0
+    eps: float = 1e-3  # p_mask = (1 - eps) t + eps
+    stratified_t: bool = True  # t_i = (i + u) / B: each t_i is still U(0, 1), the batch covers [0, 1) evenly
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    max_to_keep: int = 2
+
+
+# ========================================================================================================= data
+@dataclasses.dataclass
+class SFTData:
+    """Encoded SFT rows: tokens [N, P+G], attention mask (False on left padding), answer-region mask."""
+
+    tokens: np.ndarray
+    attention_mask: np.ndarray
+    answer_mask: np.ndarray
+    prompt_len: int
+    gen_len: int
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], prompt_len: int | None = None,
+                   multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad encoded prompts to `prompt_len` (default: the longest, rounded up to `multiple`).
+    Returns (tokens int32 [N, P], attention_mask bool [N, P])."""
+    ids = tokenizer.encode_batch(list(prompts))
+    longest = max(len(x) for x in ids)
+    if prompt_len is None:
+        prompt_len = -(-longest // multiple) * multiple
+    if longest > prompt_len:
+        raise ValueError(f"a prompt has {longest} tokens, more than prompt_len={prompt_len}")
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    tokens = np.full((len(ids), prompt_len), pad, np.int32)
+    mask = np.zeros((len(ids), prompt_len), bool)
+    for r, x in enumerate(ids):
+        if x:
+            tokens[r, prompt_len - len(x):] = x
+            mask[r, prompt_len - len(x):] = True
+    return tokens, mask
+
+
+def encode_sft(tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[str], prompt_len: int,
+               gen_len: int) -> SFTData:
+    """Rows ``[left-padded prompt | answer, EOS, EOS, ...]``; every answer must leave room for at least one EOS."""
+    p_tok, p_mask = encode_prompts(tokenizer, prompts, prompt_len)
+    a_ids = tokenizer.encode_batch(list(answers))
+    longest = max(len(x) for x in a_ids)
+    if longest >= gen_len:
+        raise ValueError(f"an answer has {longest} tokens; gen_len={gen_len} leaves no room for EOS")
+    a_tok = np.full((len(a_ids), gen_len), tokenizer.eos_id, np.int32)
+    for r, x in enumerate(a_ids):
+        a_tok[r, : len(x)] = x
+    n = len(a_ids)
+    tokens = np.concatenate([p_tok, a_tok], axis=1)
+    attention_mask = np.concatenate([p_mask, np.ones((n, gen_len), bool)], axis=1)
+    answer_mask = np.concatenate([np.zeros((n, prompt_len), bool), np.ones((n, gen_len), bool)], axis=1)
+    return SFTData(tokens, attention_mask, answer_mask, prompt_len, gen_len)
+
+
+def problems_to_sft(tokenizer: Tokenizer, problems: Sequence[Problem], prompt_len: int, gen_len: int) -> SFTData:
+    return encode_sft(tokenizer, [format_prompt(p.question) for p in problems], [p.answer_text for p in problems],
+                      prompt_len, gen_len)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Row indices of the batch of `step`: epochs are seeded permutations, so the data position is a pure
+    function of (seed, step) and resuming at a step resumes the data stream exactly."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+    return np.asarray(out, np.int64)
+
+
+# ==================================================================================================== objective
+def diffusion_loss(model: Transformer, tokens, attention_mask, answer_mask, key, *, mask_id: int, eps: float,
+                   stratified_t: bool = True):
+    """LLaDA SFT loss of one batch; returns (loss, metrics)."""
+    b, l = tokens.shape
+    k_t, k_m = jax.random.split(key)
+    u = jax.random.uniform(k_t, (b,), jnp.float32)
+    t = (jnp.arange(b, dtype=jnp.float32) + u[0]) / b if stratified_t else u
+    if stratified_t:  # decouple the stratum from the row so that no row is always low-t
+        t = jax.random.permutation(k_t, t)
+    p_mask = (1.0 - eps) * t + eps
+    masked = (jax.random.uniform(k_m, (b, l)) < p_mask[:, None]) & answer_mask
+    noisy = jnp.where(masked, mask_id, tokens)
+    logits = model(noisy, attention_mask=attention_mask)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    weighted = jnp.where(masked, ce / p_mask[:, None], 0.0)
+    n_answer = jnp.maximum(answer_mask.sum(), 1)
+    loss = weighted.sum() / n_answer
+    n_masked = jnp.maximum(masked.sum(), 1)
+    metrics = {"loss": loss, "masked_ce": jnp.where(masked, ce, 0.0).sum() / n_masked,
+               "masked_acc": jnp.where(masked, logits.argmax(-1) == tokens, False).sum() / n_masked}
+    return loss, metrics
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=tc.peak_lr, warmup_steps=max(tc.warmup_steps, 1),
+        decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.peak_lr * tc.end_lr_ratio)
+    return optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=_decay_mask),
+    )
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only (not on RMSNorm weights)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: ModelConfig, tc: TrainConfig):
+    """A jitted `(params, opt_state, batch, key) -> (params, opt_state, metrics)`; params / opt_state donated."""
+
+    def loss_fn(params, tokens, attention_mask, answer_mask, key):
+        model = nnx.merge(graphdef, params)
+        return diffusion_loss(model, tokens, attention_mask, answer_mask, key, mask_id=cfg.mask_id, eps=tc.eps,
+                              stratified_t=tc.stratified_t)
+
+    def step(params, opt_state, tokens, attention_mask, answer_mask, key):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, tokens, attention_mask, answer_mask, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return params, opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+# ================================================================================================== checkpoints
+def _manager(ckpt_dir: str, tc: TrainConfig):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=tc.max_to_keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options)
+
+
+def save_checkpoint(mngr, step: int, params, opt_state, data_position: int):
+    import orbax.checkpoint as ocp
+
+    tree = {"params": params, "opt_state": opt_state,
+            "step": np.asarray(step, np.int64), "data_position": np.asarray(data_position, np.int64)}
+    mngr.save(step, args=ocp.args.StandardSave(tree))
+
+
+def restore_checkpoint(mngr, params, opt_state):
+    """Latest checkpoint of `mngr` restored onto the structure of (params, opt_state); None when there is none."""
+    import orbax.checkpoint as ocp
+
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    target = {"params": params, "opt_state": opt_state,
+              "step": np.asarray(0, np.int64), "data_position": np.asarray(0, np.int64)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    return tree
+
+
+# ======================================================================================================== train
+@dataclasses.dataclass
+class TrainResult:
+    model: Transformer
+    step: int
+    loss: float  # mean training loss over the last `log_every` steps
+    history: list[dict[str, float]]
+    seconds: float  # wall time of this invocation's training loop (compile included)
+
+
+def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: str | None = None,
+          resume: bool = True, progress: bool = True, stop_at: int | None = None,
+          callback: Callable[[int, Transformer], dict[str, float] | None] | None = None,
+          callback_every: int = 0, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Masked-diffusion SFT of a fresh `Transformer(model_cfg, rngs=nnx.Rngs(tc.seed))` on `data`.
+
+    With `ckpt_dir`, checkpoints every `tc.ckpt_every` steps and at the end; with `resume`, continues from the
+    latest checkpoint there. `stop_at` ends the loop early at that step (the schedule is still `tc.steps` long:
+    used to simulate an interrupted run). `callback(step, model)` runs every `callback_every` steps (evaluation).
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda s: print(s, flush=True))
+    model = Transformer(model_cfg, rngs=nnx.Rngs(tc.seed))
+    graphdef, params = nnx.split(model)
+    optimizer = make_optimizer(tc)
+    opt_state = optimizer.init(params)
+    step0 = 0
+    mngr = _manager(ckpt_dir, tc) if ckpt_dir else None
+    if mngr is not None and resume:
+        tree = restore_checkpoint(mngr, params, opt_state)
+        if tree is not None:
+            params, opt_state, step0 = tree["params"], tree["opt_state"], int(tree["step"])
+            if int(tree["data_position"]) != step0 * tc.batch_size:
+                raise ValueError("checkpoint data position does not match its step and batch size")
+            log(f"resumed from {ckpt_dir} at step {step0}")
+    train_step = make_train_step(graphdef, optimizer, model_cfg, tc)
+    base_key = jax.random.key(tc.seed)
+    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+    history: list[dict[str, float]] = []
+    window: list[float] = []
+    t0 = time.time()
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=end, initial=step0, disable=not progress, dynamic_ncols=True, mininterval=1.0 if tty else 60.0)
+    step = step0
+    pending = None
+    for step in range(step0, end):
+        idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
+        key = jax.random.fold_in(base_key, step)
+        params, opt_state, metrics = train_step(params, opt_state, data.tokens[idx], data.attention_mask[idx],
+                                                data.answer_mask[idx], key)
+        if pending is not None:  # read the previous step's metrics (keeps one step in flight)
+            window.append(float(pending["loss"]))
+        pending = metrics
+        done = step + 1
+        if done % tc.log_every == 0 or done == end:
+            window.append(float(pending["loss"]))
+            m = {k: float(v) for k, v in pending.items()}
+            pending = None
+            rec = {"step": done, "loss": float(np.mean(window)), "masked_acc": m["masked_acc"],
+                   "grad_norm": m["grad_norm"], "seconds": time.time() - t0}
+            history.append(rec)
+            window = []
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            log(f"step {done:6d}  loss {rec['loss']:.4f}  masked_acc {rec['masked_acc']:.3f}  "
+                f"grad_norm {rec['grad_norm']:.3f}  {rec['seconds']:.0f}s")
+        if callback is not None and callback_every and done % callback_every == 0 and done != end:
+            out = callback(done, nnx.merge(graphdef, params))
+            if out and history:
+                history[-1].update(out)
+        if mngr is not None and (done % tc.ckpt_every == 0 or done == end):
+            save_checkpoint(mngr, done, params, opt_state, done * tc.batch_size)
+        bar.update(1)
+    bar.close()
+    if mngr is not None:
+        mngr.wait_until_finished()
+        mngr.close()
+    seconds = time.time() - t0
+    last = history[-1]["loss"] if history else float("nan")
+    return TrainResult(nnx.merge(graphdef, params), end if end > step0 else step0, last, history, seconds)
+
+
+# ===================================================================================================== sampling
+def transfer_schedule(block_length: int, steps_per_block: int) -> np.ndarray:
+    """Tokens committed at each step of a block (LLaDA's `get_num_transfer_tokens`: even split, remainder first)."""
+    base, rem = divmod(block_length, steps_per_block)
+    return np.array([base + (1 if i < rem else 0) for i in range(steps_per_block)], np.int32)
+
+
+def make_greedy_sampler(graphdef, mask_id: int, gen_length: int, block_length: int = 32, steps: int | None = None):
+    """Jitted LLaDA semi-autoregressive low-confidence sampler, greedy (temperature 0).
+
+    `sample(params, prompt_tokens [B, P], prompt_mask [B, P]) -> [B, gen_length]`. Blocks of `block_length` are
+    decoded left to right with `steps // n_blocks` steps each; each step commits, in the current block, the
+    masked positions with the highest softmax probability of their argmax token (k per step from
+    `transfer_schedule`). One full forward per step.
+    """
+    steps = gen_length if steps is None else steps
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+    n_blocks = gen_length // block_length
+    if steps % n_blocks:
+        raise ValueError(f"steps={steps} is not a multiple of the number of blocks {n_blocks}")
+    spb = steps // n_blocks
+    ks = jnp.asarray(transfer_schedule(block_length, spb))
+
+    @jax.jit
+    def sample(params, prompt_tokens, prompt_mask):
+        model = nnx.merge(graphdef, params)
+        b, p = prompt_tokens.shape
+        x = jnp.concatenate([prompt_tokens, jnp.full((b, gen_length), mask_id, prompt_tokens.dtype)], axis=1)
+        valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, gen_length), bool)], axis=1)
+        block_of = jnp.arange(gen_length) // block_length
+
+        def body(i, x):
+            blk, s = i // spb, i % spb
+            logits = model(x, attention_mask=valid)[:, p:]
+            x0 = jnp.argmax(logits, axis=-1).astype(x.dtype)
+            conf = jnp.exp(jnp.max(logits, -1) - jax.nn.logsumexp(logits, -1))
+            gen = x[:, p:]
+            cand = (gen == mask_id) & (block_of == blk)[None]
+            conf = jnp.where(cand, conf, -jnp.inf)
+            # rank of each position by confidence (ties -> lower index first); commit ranks < k
+            order = jnp.argsort(-conf, axis=-1, stable=True)
+            rank = jnp.argsort(order, axis=-1)
+            commit = cand & (rank < ks[s])
+            return x.at[:, p:].set(jnp.where(commit, x0, gen))
+
+        x = jax.lax.fori_loop(0, steps, body, x)
+        return x[:, p:]
+
+    return sample
+
+
+def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 64, block_length: int = 32,
+             steps: int | None = None, *, tokenizer: Tokenizer | None = None, batch_size: int = 128,
+             prompt_len: int | None = None, return_predictions: bool = False, progress: bool = False):
+    """Exact-answer accuracy of `model` on `problems` under greedy LLaDA decoding (low-confidence, semi-AR).
+
+    Prompts are `format_prompt(question)`, left-padded; the output is decoded up to the first EOS and scored
+    with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the decoded predictions if asked).
+    """
+    tokenizer = tokenizer or default_tokenizer()
+    graphdef, params = nnx.split(model)
+    sampler = make_greedy_sampler(graphdef, model.config.mask_id, gen_length, block_length, steps)
+    prompts = [format_prompt(p.question) for p in problems]
+    tokens, mask = encode_prompts(tokenizer, prompts, prompt_len)
+    preds: list[str] = []
+    n = len(problems)
+    for start in range(0, n, batch_size):
+        tb, mb = tokens[start: start + batch_size], mask[start: start + batch_size]
+        real = tb.shape[0]
+        if real < batch_size and n > batch_size:  # keep one compiled shape
+            tb = np.concatenate([tb, np.repeat(tb[-1:], batch_size - real, 0)])
+            mb = np.concatenate([mb, np.repeat(mb[-1:], batch_size - real, 0)])
+        out = np.asarray(sampler(params, tb, mb))[:real]
+        preds.extend(tokenizer.decode_until_eos(row) for row in out)
+        if progress:
+            print(f"  eval {len(preds)}/{n}", flush=True)
+    acc = float(np.mean([score(pr, p.answer) for pr, p in zip(preds, problems)]))
+    return (acc, preds) if return_predictions else acc
+
+
+def default_tokenizer() -> Tokenizer:
+    """The character-level tokenizer of the shipped arithmetic model."""
+    from jdllm.tasks.arithmetic import alphabet
+
+    return build_char_tokenizer(alphabet())
+
+
+# ======================================================================================================= export
+def llada_config_dict(cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """An HF LLaDA `config.json` (the keys of GSAI-ML/LLaDA-8B's config) for `cfg`."""
+    out = {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "n_layers": cfg.n_layers,
+        "mlp_hidden_size": cfg.mlp_hidden_size,
+        "mlp_ratio": cfg.mlp_hidden_size / cfg.d_model,
+        "rope": True,
+        "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "layer_norm_type": "rms",
+        "vocab_size": cfg.vocab_size,
+        "embedding_size": cfg.vocab_size,
+        "max_sequence_length": cfg.max_seq_len,
+        "mask_token_id": cfg.mask_id,
+        "eos_token_id": cfg.eos_id,
+        "pad_token_id": cfg.pad_id,
+        "weight_tying": cfg.tie_embeddings,
+        "include_bias": False,
+        "include_qkv_bias": cfg.qkv_bias,
+        "block_type": "llama",
+        "activation_type": "silu",
+        "alibi": False,
+        "scale_logits": False,
+        "input_emb_norm": False,
+        "attention_layer_norm": False,
+        "torch_dtype": cfg.dtype,
+        "use_cache": False,
+    }
+    out.update(extra)
+    return out
+
+
+def llada_tensors(model: Transformer) -> dict[str, np.ndarray]:
+    """Parameters of `model` under LLaDA's HF tensor names, torch layout (Linear weights [out, in])."""
+    cfg = model.config
+    _, state = nnx.split(model)
+    flat = {".".join(str(k) for k in path): np.asarray(v) for path, v in _flatten(state.to_pure_dict())}
+    try:
+        from jdllm.weights.keymaps import expected_names
+
+        names = expected_names(cfg)
+    except Exception:  # pragma: no cover - fallback if the keymap module changes
+        names = _fallback_names(cfg)
+    out = {}
+    for hf_name, (path, transform) in names.items():
+        arr = flat.pop(path)
+        out[hf_name] = np.ascontiguousarray(arr.T if transform == "T" else arr)
+    if flat:
+        raise ValueError(f"parameters with no LLaDA name: {sorted(flat)}")
+    return out
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, prefix + (k,))
+    else:
+        yield prefix, tree
+
+
+def _fallback_names(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
+    names = {"model.transformer.wte.weight": ("wte", "id"), "model.transformer.ln_f.weight": ("ln_f.weight", "id"),
+             "model.transformer.ff_out.weight": ("ff_out.kernel", "T")}
+    for i in range(cfg.n_layers):
+        for n in ("attn_norm", "ff_norm"):
+            names[f"model.transformer.blocks.{i}.{n}.weight"] = (f"blocks.{i}.{n}.weight", "id")
+        for n in ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"):
+            names[f"model.transformer.blocks.{i}.{n}.weight"] = (f"blocks.{i}.{n}.kernel", "T")
+    return names
+
+
+def export_llada(model: Transformer, tokenizer: Tokenizer, out_dir: str, extra_config: dict | None = None,
+                 generation_config: dict | None = None) -> None:
+    """Write `config.json`, `model.safetensors` (LLaDA names, float32) and `tokenizer.json` into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(llada_config_dict(model.config, **(extra_config or {})), f, indent=2)
+        f.write("\n")
+    tensors = llada_tensors(model)
+    try:
+        from jdllm.weights.safetensors_io import save_file
+    except Exception:  # pragma: no cover
+        from safetensors.numpy import save_file
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    tokenizer.save(out_dir)
+    if generation_config is not None:
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            json.dump(generation_config, f, indent=2)
+            f.write("\n")
+
+
+def load_llada_export(directory: str) -> Transformer:
+    """Read back an `export_llada` directory (a small loader for tests and the training script; the library's
+    own `jdllm.load` is the public path)."""
+    from jdllm.models.config import config_from_llada
+
+    with open(os.path.join(directory, "config.json")) as f:
+        cfg = config_from_llada(json.load(f))
+    try:
+        from jdllm.weights.safetensors_io import SafetensorsFile
+
+        st = SafetensorsFile(os.path.join(directory, "model.safetensors"))
+        tensors = {n: np.asarray(st.get(n)) for n in st.names()}
+    except Exception:  # pragma: no cover
+        from safetensors.numpy import load_file
+
+        tensors = load_file(os.path.join(directory, "model.safetensors"))
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    pure = state.to_pure_dict()
+    names = _fallback_names(cfg)
+    for hf_name, (path, transform) in names.items():
+        arr = tensors[hf_name]
+        arr = arr.T if transform == "T" else arr
+        node = pure
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[int(k)] if k.isdigit() and int(k) in node else node[k]
+        if tuple(node[keys[-1]].shape) != tuple(arr.shape):
+            raise ValueError(f"{hf_name}: shape {arr.shape} != {node[keys[-1]].shape}")
+        node[keys[-1]] = jnp.asarray(arr)
+    state.replace_by_pure_dict(pure)
+    return nnx.merge(graphdef, state)
+
+
+def param_count(model: Transformer) -> int:
+    _, state = nnx.split(model)
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))

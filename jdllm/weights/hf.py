@@ -1,0 +1,150 @@
+"""Hugging Face checkpoints (config.json + one or many *.safetensors) <-> jdllm models."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdllm.models.config import ModelConfig, config_from_hf
+from jdllm.models.transformer import Transformer
+from jdllm.weights.keymaps import describe_unexpected, expected_names
+from jdllm.weights.safetensors_io import open_checkpoint, save_file, write_sharded
+
+Placer = Callable[[str, "SafetensorsTensor"], jax.Array]
+
+
+def _path_tuple(path: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and shape-only state of a model: nothing is allocated."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+
+
+def model_from_arrays(cfg: ModelConfig, arrays: dict[tuple, jax.Array]) -> Transformer:
+    """Build a Transformer whose every parameter comes from `arrays` (path tuple -> array)."""
+    graphdef, state = abstract_model(cfg)
+    pure = state.to_pure_dict()
+
+    def fill(path, leaf):
+        key = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
+        if key not in arrays:
+            raise ValueError(f"no array for parameter {'.'.join(map(str, key))}")
+        arr = arrays[key]
+        if tuple(arr.shape) != tuple(leaf.shape):
+            raise ValueError(f"parameter {'.'.join(map(str, key))}: shape {tuple(arr.shape)} != expected {tuple(leaf.shape)}")
+        return arr
+
+    pure = jax.tree_util.tree_map_with_path(fill, pure)
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = os.path.join(str(directory), "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} has no config.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _default_place(arr: np.ndarray, dtype) -> jax.Array:
+    return jnp.asarray(np.asarray(arr).astype(dtype))
+
+
+def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Callable | None = None) -> Transformer:
+    """Load an HF-layout LLaDA or Dream checkpoint through the family's declarative key map.
+
+    Raises a ValueError naming the tensor on a missing, unexpected or mis-shaped tensor. `place(path, read,
+    shape, dtype)` may put each parameter on its devices (sharded loading); by default the whole tensor is read
+    and placed on the default device.
+    """
+    cfg = config_from_hf(read_config(directory), dtype)
+    want = expected_names(cfg)
+    files = open_checkpoint(directory)
+    missing = sorted(set(want) - set(files))
+    if missing:
+        raise ValueError(f"{directory}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(set(files) - set(want))
+    if unexpected:
+        raise ValueError(f"{directory}: " + describe_unexpected(unexpected[0]) + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    _, abstract = abstract_model(cfg)
+    shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf.shape
+              for p, leaf in jax.tree_util.tree_leaves_with_path(abstract.to_pure_dict())}
+    arrays = {}
+    for name, (path, transform) in want.items():
+        st = files[name]
+        key = _path_tuple(path)
+        stored = st.shape(name)
+        got = stored[::-1] if transform == "T" else stored
+        if tuple(got) != tuple(shapes[key]):
+            expect = tuple(shapes[key])[::-1] if transform == "T" else tuple(shapes[key])
+            raise ValueError(f"{directory}: tensor {name!r} has shape {tuple(stored)}, expected {expect}")
+
+        def read(index=(), name=name, st=st, transform=transform):
+            arr = st.get(name)
+            arr = arr.T if transform == "T" else arr
+            return np.asarray(arr[index])
+
+        if place is None:
+            arrays[key] = _default_place(read(), cfg.jnp_dtype)
+        else:
+            arrays[key] = place(key, read, tuple(shapes[key]), cfg.jnp_dtype)
+    return model_from_arrays(cfg, arrays)
+
+
+def hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The family's own `config.json` for `cfg` (LLaDA or Qwen2/Dream keys)."""
+    if cfg.family == "llada":
+        return {
+            "model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "n_layers": cfg.n_layers,
+            "mlp_hidden_size": cfg.mlp_hidden_size, "mlp_ratio": cfg.mlp_hidden_size // cfg.d_model,
+            "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps, "vocab_size": cfg.vocab_size,
+            "embedding_size": cfg.vocab_size, "max_sequence_length": cfg.max_seq_len,
+            "mask_token_id": cfg.mask_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id,
+            "eot_token_id": cfg.eot_id,
+            "weight_tying": cfg.tie_embeddings, "include_bias": False, "include_qkv_bias": cfg.qkv_bias,
+            "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
+            "rope_full_precision": True, "alibi": False, "scale_logits": False, "torch_dtype": cfg.dtype,
+        }
+    return {
+        "model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.mlp_hidden_size, "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta,
+        "rms_norm_eps": cfg.rms_norm_eps, "mask_token_id": cfg.mask_id, "pad_token_id": cfg.pad_id,
+        "eos_token_id": cfg.eos_id, "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
+        "torch_dtype": cfg.dtype,
+    }
+
+
+def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
+    """The model's parameters under the family's HF names, torch layout."""
+    cfg: ModelConfig = model.config
+    flat = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf
+            for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param).to_pure_dict())}
+    out = {}
+    for name, (path, transform) in expected_names(cfg).items():
+        arr = np.asarray(jax.device_get(flat[_path_tuple(path)]))
+        out[name] = np.ascontiguousarray(arr.T if transform == "T" else arr)
+    return out
+
+
+def save_hf(model: Transformer, directory: str | os.PathLike, n_files: int = 1) -> None:
+    """Write `config.json` and safetensors in the family's HF layout (several files + index if n_files > 1)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(str(directory), "config.json"), "w") as f:
+        json.dump(hf_config(model.config), f, indent=2)
+    tensors = hf_tensors(model)
+    if n_files == 1:
+        save_file(tensors, os.path.join(str(directory), "model.safetensors"))
+    else:
+        write_sharded(tensors, directory, n_files)
