@@ -33,15 +33,16 @@ OBJECTS = ("apples", "pens", "cards", "coins", "eggs", "books", "shells", "stamp
 CONTAINERS = ("box", "bag", "jar", "basket")
 
 # Owner scenario ("Tom has 12 apples."): verb phrases per operation, `{n}` is the operand.
-OWNER_ADD = ("buys {n} more", "finds {n} more", "gets {n} more", "wins {n} more")
+OWNER_ADD = ("buys {n} more", "finds {n} more", "gets {n}", "wins {n}")
 OWNER_SUB = ("gives {n} away", "loses {n}", "sells {n}", "uses {n}")
 # Container scenario ("A box has 12 apples."): the actor changes the container's content.
-CONTAINER_ADD = ("puts in {n} more", "adds {n} more")
+CONTAINER_ADD = ("puts in {n}", "adds {n}")
 CONTAINER_SUB = ("takes out {n}", "removes {n}")
 
 START_RANGE = (1, 20)
 OPERAND_RANGE = (1, 20)
 N_OPS = (2, 3)
+MAX_QUESTION_CHARS = 95  # longer renderings are re-drawn: the prompt (question + newline) fits 96 tokens
 TEST_BUCKETS = 10  # 1 in 10 canonical problems is held out
 
 ANSWER_MARK = "####"
@@ -107,12 +108,14 @@ def _render(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
     if rng.random() < 0.6:  # owner scenario
         opening = f"{name} has {start} {obj}."
         add, sub, subject = OWNER_ADD, OWNER_SUB, pron
-        question = rng.choice((f"How many {obj} does {name} have now?", f"How many {obj} does {name} have?"))
+        question = rng.choice((f"How many {obj} does {name} have now?", f"How many {obj} does {pron.lower()} have?",
+                               f"How many {obj} does {name} have?"))
     else:  # container scenario
         box = rng.choice(CONTAINERS)
         opening = f"A {box} has {start} {obj}."
         add, sub, subject = CONTAINER_ADD, CONTAINER_SUB, name
-        question = rng.choice((f"How many {obj} are in the {box} now?", f"How many {obj} are in the {box}?"))
+        question = rng.choice((f"How many {obj} are in the {box} now?", f"How many {obj} are in it now?",
+                               f"How many {obj} are in the {box}?"))
     clauses = [rng.choice(add if op == "+" else sub).format(n=n) for op, n in ops]
     if rng.random() < 0.5:  # one sentence: "He buys 7 more, loses 2 and gives 5 away."
         body = f"{subject} {_join_clauses(clauses)}."
@@ -128,7 +131,10 @@ def make_problem(rng: random.Random) -> tuple[Problem, str]:
     """One random problem and its canonical key (split not applied)."""
     start, ops = _sample_math(rng)
     answer_text, value = chain_of_thought(start, ops)
-    return Problem(_render(rng, start, ops), answer_text, str(value)), canonical(start, ops)
+    question = _render(rng, start, ops)
+    while len(question) > MAX_QUESTION_CHARS:
+        question = _render(rng, start, ops)
+    return Problem(question, answer_text, str(value)), canonical(start, ops)
 
 
 def make_problems(n: int, split: str = "train", seed: int = 0, unique: bool | None = None) -> list[Problem]:

@@ -31,7 +31,7 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 def model_from_arrays(cfg: ModelConfig, arrays: dict[tuple, jax.Array]) -> Transformer:
     """Build a Transformer whose every parameter comes from `arrays` (path tuple -> array)."""
     graphdef, state = abstract_model(cfg)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
 
     def fill(path, leaf):
         key = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
@@ -77,7 +77,7 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
         raise ValueError(f"{directory}: " + describe_unexpected(unexpected[0]) + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     _, abstract = abstract_model(cfg)
     shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf.shape
-              for p, leaf in jax.tree_util.tree_leaves_with_path(abstract.to_pure_dict())}
+              for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract))}
     arrays = {}
     for name, (path, transform) in want.items():
         st = files[name]
@@ -130,7 +130,7 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
     """The model's parameters under the family's HF names, torch layout."""
     cfg: ModelConfig = model.config
     flat = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf
-            for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param).to_pure_dict())}
+            for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
     out = {}
     for name, (path, transform) in expected_names(cfg).items():
         arr = np.asarray(jax.device_get(flat[_path_tuple(path)]))

@@ -1,0 +1,200 @@
+"""The honest benchmark: accuracy, NFE, tokens per forward and generated tokens/s of named recipes, side by side.
+
+Conventions (one report format for every recipe):
+- `tokens_per_s`: answer tokens (generated tokens before the first EOS; prompt and EOS padding excluded) per
+  second of decode wall time, summed over the held-out set; compile time excluded (reported apart).
+- `compile_s`: wall time of the first (compiling) call minus the mean time of a compiled call of that shape.
+- `nfe`: mean forward evaluations per problem, counted as the reference implementations count them.
+- `tpf` (tokens per forward): gen_length / NFE, positions decoded per forward (EOS fill included, as Fast-dLLM).
+- `speedup_*`: ratios of tokens/s to the named recipe measured in the same run.
+Every batch has the same shape (prompts padded to one width, the last batch filled with repeats and the
+extra rows discarded), so one program is compiled per recipe.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+import jdllm
+from jdllm.recipes import recipe_kwargs
+from jdllm.shipped import Bundle, load_bundle
+from jdllm.tasks.arithmetic import Problem, make_problems, score
+
+
+def _batches(items: list, size: int) -> list[tuple[list, int]]:
+    out = []
+    for i in range(0, len(items), size):
+        chunk = items[i : i + size]
+        real = len(chunk)
+        out.append((chunk + [chunk[-1]] * (size - real), real))
+    return out
+
+
+def answer_tokens(row: np.ndarray, eos_id: int | None) -> int:
+    row = list(map(int, row))
+    return row.index(eos_id) if eos_id is not None and eos_id in row else len(row)
+
+
+def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_length: int, batch_size: int,
+                 repeats: int = 1, seed: int = 0, progress=None) -> dict[str, Any]:
+    """Run one recipe over `problems`; returns its row of the report."""
+    kw = recipe_kwargs(name, gen_length)
+    prompts = [bundle.encode_prompt(p.question) for p in problems]
+    width = max(map(len, prompts))
+    batches = _batches(list(range(len(problems))), batch_size)
+    call = lambda idx: jdllm.generate(bundle.model, [prompts[i] for i in idx], gen_length=gen_length,
+                                      prompt_length=width, seed=seed, **kw)
+    t0 = time.perf_counter()
+    call(batches[0][0])
+    first_s = time.perf_counter() - t0
+    correct, nfe, ans_tokens, decode_s, batch_times = 0, [], 0, 0.0, []
+    for rep in range(repeats):
+        for idx, real in batches:
+            t0 = time.perf_counter()
+            out = call(idx)
+            dt = time.perf_counter() - t0
+            decode_s += dt
+            batch_times.append(dt)
+            if rep == 0:
+                for j in range(real):
+                    p = problems[idx[j]]
+                    correct += score(bundle.decode_answer(out.tokens[j]), p.answer)
+                    nfe.append(int(out.nfe[j]))
+                    ans_tokens += answer_tokens(out.tokens[j], bundle.model.config.eos_id)
+            if progress is not None:
+                progress.update(1)
+    decode_s /= repeats
+    mean_nfe = float(np.mean(nfe))
+    return {
+        "recipe": name,
+        "decode_kwargs": kw,
+        "accuracy": correct / len(problems),
+        "nfe": mean_nfe,
+        "tpf": gen_length / mean_nfe,
+        "answer_tokens": ans_tokens,
+        "tokens_per_s": ans_tokens / decode_s,
+        "decode_s": decode_s,
+        "compile_s": max(first_s - float(np.mean(batch_times)), 0.0),
+        "wall_s": first_s + decode_s * repeats,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import flax
+
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device": getattr(dev, "device_kind", str(dev)),
+        "n_devices": jax.device_count(),
+        "host": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "jdllm": jdllm.__version__,
+    }
+
+
+def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: int = 16, gen_length: int | None = None,
+              repeats: int = 1, seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
+    """Benchmark `recipes` on `n` held-out problems; the first recipe is the baseline of the speedups."""
+    gen_length = gen_length or bundle.gen_length
+    problems = make_problems(n, split="test", seed=seed)
+    rows = []
+    progress = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(recipes) * repeats * -(-n // batch_size), desc="bench", unit="batch")
+    for name in recipes:
+        if progress is not None:
+            progress.set_postfix_str(name)
+        rows.append(bench_recipe(bundle, name, problems, gen_length, batch_size, repeats, seed, progress))
+    if progress is not None:
+        progress.close()
+    by_name = {r["recipe"]: r for r in rows}
+    for r in rows:
+        for base in ("vanilla", "fast_dllm_parallel"):
+            if base in by_name:
+                r[f"speedup_vs_{base}"] = r["tokens_per_s"] / by_name[base]["tokens_per_s"]
+                r[f"nfe_ratio_vs_{base}"] = r["nfe"] / by_name[base]["nfe"]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "model": bundle.model.config.to_dict(),
+        "task": {"name": "arithmetic", "split": "test", "n": n, "seed": seed},
+        "gen_length": gen_length,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "results": rows,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = f"{'recipe':28s} {'acc':>6s} {'NFE':>7s} {'TPF':>6s} {'tok/s':>9s} {'x vanilla':>9s} {'compile s':>9s}"
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        sp = r.get("speedup_vs_vanilla")
+        lines.append(
+            f"{r['recipe']:28s} {100 * r['accuracy']:5.1f}% {r['nfe']:7.1f} {r['tpf']:6.2f} {r['tokens_per_s']:9.1f} "
+            f"{(f'{sp:.2f}x' if sp else '-'):>9s} {r['compile_s']:9.1f}"
+        )
+    m = report["machine"]
+    lines.append(f"({m['device']} x{m['n_devices']}, jax {m['jax']}, gen_length {report['gen_length']}, "
+                 f"batch {report['batch_size']}, n {report['task']['n']})")
+    return "\n".join(lines)
+
+
+def plot_pareto(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    xs = [r["tokens_per_s"] for r in rows]
+    ys = [100 * r["accuracy"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(xs, ys)
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(r["recipe"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    order = sorted(range(len(rows)), key=lambda i: -xs[i])
+    front, best = [], -1.0
+    for i in order:
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    front.sort(key=lambda i: xs[i])
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", alpha=0.6, label="Pareto front")
+    ax.set_xlabel("generated tokens / s (answer tokens, compile excluded)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"jdllm bench: {report['machine']['device']}, gen_length {report['gen_length']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench_cli(args) -> int:
+    bundle = load_bundle(args.model)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
+                       repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress)
+    print(format_table(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_pareto(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,141 @@
+"""`jdllm generate | bench | convert | recipes | train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model directory (HF or jdllm/orbax); default: the shipped model")
+    p.add_argument("--recipe", default=None, help="a named recipe of configs/recipes.yaml (see `jdllm recipes`)")
+    p.add_argument("--gen-length", type=int, default=None)
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--factor", type=float, default=None)
+    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "margin", "entropy"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _decode_kwargs(args, gen_length: int) -> dict:
+    from jdllm.recipes import recipe_kwargs
+
+    kw = recipe_kwargs(args.recipe, gen_length) if args.recipe else {"block_length": min(32, gen_length), "steps": gen_length}
+    for name in ("block_length", "steps", "threshold", "factor", "temperature", "remasking"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = value
+    if args.cache is not None:
+        kw["cache"] = None if args.cache == "none" else args.cache
+    return kw
+
+
+def cmd_generate(args) -> int:
+    import jdllm
+    from jdllm.shipped import load_bundle
+
+    bundle = load_bundle(args.model)
+    gen_length = args.gen_length or bundle.gen_length
+    kw = _decode_kwargs(args, gen_length)
+    ids = [bundle.tokenizer.encode(bundle.format_prompt(q, raw=args.raw)) for q in args.prompt]
+    t0 = time.perf_counter()
+    out = jdllm.generate(bundle.model, ids, gen_length=gen_length, seed=args.seed, **kw)
+    elapsed = time.perf_counter() - t0
+    for q, row, nfe in zip(args.prompt, out.tokens, out.nfe):
+        text = bundle.decode_answer(row)
+        if len(args.prompt) > 1:
+            print(f"### {q}")
+        print(text)
+        if args.verbose:
+            print(f"[nfe={int(nfe)}, gen_length={gen_length}, {elapsed:.2f}s incl. compile]", file=sys.stderr)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from jdllm.recipes import load_recipes
+
+    for name, r in load_recipes().items():
+        fields = ", ".join(f"{k}={v}" for k, v in r.items() if k != "source")
+        print(f"{name:28s} {fields}\n{'':28s} ({r.get('source', '')})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    import jdllm
+
+    model = jdllm.load(args.src, dtype=args.dtype)
+    jdllm.save(model, args.dst, format=args.to)
+    print(f"wrote {args.to} checkpoint to {args.dst}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from jdllm.bench import run_bench_cli
+
+    return run_bench_cli(args)
+
+
+def cmd_train(args) -> int:
+    from jdllm.train.shipped import main as train_main
+
+    return train_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jdllm", description="Fast diffusion-LLM inference in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate an answer for one or more prompts")
+    g.add_argument("prompt", nargs="+", help="question text (formatted with the model's prompt template)")
+    g.add_argument("--raw", action="store_true", help="feed the text as is, without the prompt template")
+    g.add_argument("-v", "--verbose", action="store_true")
+    _add_decode_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="accuracy / NFE / tokens per forward / tokens/s of named recipes")
+    b.add_argument("--model", default=None)
+    b.add_argument("--recipes", default="vanilla,fast_dllm_parallel,fast_dllm_dual_parallel",
+                   help="comma-separated recipe names (configs/recipes.yaml)")
+    b.add_argument("--n", type=int, default=100, help="held-out problems")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--gen-length", type=int, default=None)
+    b.add_argument("--repeats", type=int, default=1, help="timed passes over the problems")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default=None, help="write the JSON report here")
+    b.add_argument("--plot", default=None, help="write an accuracy-vs-tokens/s Pareto PNG here")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("convert", help="convert a checkpoint between HF and orbax layouts")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--to", choices=["orbax", "hf"], default="orbax")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    c.set_defaults(func=cmd_convert)
+
+    r = sub.add_parser("recipes", help="list the pinned decoding recipes")
+    r.set_defaults(func=cmd_recipes)
+
+    t = sub.add_parser("train", help="retrain the shipped model (arguments are passed through)")
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"jdllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
