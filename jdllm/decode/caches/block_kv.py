@@ -82,15 +82,12 @@ class DualCache(_BlockKVCache):
     def cached_logits(self, model, canvas, window_start, width, cache):
         shift = model.config.shift
         q_start = window_start - shift
-        length = canvas.tokens.shape[1]
-        fresh = row_range(length, window_start, window_start + width)[:, :, None, None]
         tokens = slice_rows(canvas.tokens, q_start, width + shift)
         positions = slice_rows(canvas.positions, q_start, width + shift)
 
         def merge(i, k, v):
-            k_all = update_rows(cache.k[i], k, q_start)
-            v_all = update_rows(cache.v[i], v, q_start)
-            return jnp.where(fresh, k_all, cache.k[i]), jnp.where(fresh, v_all, cache.v[i])
+            # Only the block rows get fresh K/V; the extra leading query row of shifted models keeps its cache.
+            return update_rows(cache.k[i], k[:, shift:], window_start), update_rows(cache.v[i], v[:, shift:], window_start)
 
         hidden, _ = model.layers(tokens, positions, canvas.valid, merge)
         return model.head(hidden[:, :width])
