@@ -17,23 +17,41 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdllm import sharding as sharding_lib
 from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
 from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
 from jdllm.decode.schedules import SemiAutoregressive
 from jdllm.models.transformer import Transformer
-from jdllm.weights.hf import load_hf, save_hf
+from jdllm.models.config import config_from_hf
+from jdllm.weights.hf import load_hf, read_config, save_hf
 from jdllm.weights.orbax_io import is_orbax_dir, load_orbax, save_orbax
 
 
-def load(path: str | os.PathLike, dtype: str | None = None) -> Transformer:
-    """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`."""
+def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None) -> Transformer:
+    """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
+
+    With `mesh` (a `jdllm.sharding.make_mesh(...)` mesh), every tensor is placed on its shards as it is read
+    (each device reads only its slice of the memory-mapped safetensors, or orbax restores straight into the
+    shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name; default tensor-parallel).
+    """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no model directory at {path}")
+    if mesh is None:
+        if rules is not None:
+            raise ValueError("rules= needs a mesh=")
+        if is_orbax_dir(path):
+            return load_orbax(path, dtype)
+        return load_hf(path, dtype)
+    rules = sharding_lib.get_rules(rules)
     if is_orbax_dir(path):
-        return load_orbax(path, dtype)
-    return load_hf(path, dtype)
+        model = load_orbax(path, dtype, mesh=mesh, rules=rules)
+    else:
+        sharding_lib.check_model(config_from_hf(read_config(path), dtype), mesh, rules)
+        model = load_hf(path, dtype, place=sharding_lib.hf_placer(mesh, rules))
+    model.sharding_rules = rules
+    return model
 
 
 def save(model: Transformer, path: str | os.PathLike, format: str = "orbax") -> None:
@@ -158,27 +176,36 @@ def generate(
     factor_quirk: bool = True,
     cache: str | CacheStrategy | None = None,
     refresh_every: int | None = None,
+    eos_early_stop: bool = False,
     policy: CommitPolicy | None = None,
     schedule: SemiAutoregressive | None = None,
     seed: int = 0,
     row_ids: Sequence[int] | None = None,
     prompt_length: int | None = None,
     debug: bool = False,
+    mesh=None,
+    rules=None,
 ) -> GenerateOutput:
     """Generate `gen_length` tokens after each prompt by masked-diffusion denoising, as one compiled program.
 
     Semantics of LLaDA's `generate` (semi-AR blocks, linear transfer schedule, top-k by confidence, Gumbel-max
     at temperature > 0, CFG) with Fast-dLLM's threshold / factor rules and prefix / dual caches.
-    `block_length` defaults to gen_length (one global window), `steps` to gen_length. `row_ids` name the
+    `block_length` defaults to gen_length (one global window), `steps` to gen_length. `eos_early_stop` ends a
+    row once a finished block holds EOS and fills its later blocks with EOS (off by default, as in the references). `row_ids` name the
     rows for the per-row random streams (default 0..B-1): give a prompt the same id and seed and its sampled
     tokens do not depend on the rest of the batch. `prompt_length` pads prompts to a fixed width so that calls
     with different prompt lengths reuse one compiled program. `debug=True` runs the same step body from a
     Python loop.
+
+    `mesh` (or, when None, the mesh the model's parameters live on) runs the decode sharded by `rules`
+    (default: the rules the model was loaded / sharded with, else tensor-parallel): canvas and cache over
+    batch (and the cache over kv heads), the proposal over the vocab-sharded LM head without gathering logits.
+    Tokens and NFE are those of one device. Under several processes every process passes the same prompts.
     """
     cfg = model.config
     block_length = gen_length if block_length is None else block_length
     steps = gen_length if steps is None else steps
-    sched = schedule or SemiAutoregressive(gen_length, block_length)
+    sched = schedule or SemiAutoregressive(gen_length, block_length, eos_early_stop=eos_early_stop)
     if sched.gen_length != gen_length:
         raise ValueError(f"schedule.gen_length={sched.gen_length} differs from gen_length={gen_length}")
     if steps < 1 or steps % sched.n_blocks:
@@ -198,10 +225,20 @@ def generate(
     max_iters = max(steps, gen_length) + sched.n_blocks * (batch + 1) + 1
     spec = DecodeSpec(policy=policy, cache=strategy, schedule=sched, temperature=float(temperature), max_iters=max_iters)
     graphdef, params = nnx.split(model)
+    plan = sharding_lib.plan_for(params, mesh, rules, getattr(model, "sharding_rules", None))
     run = decode_debug if debug else decode
-    st = run(graphdef, params, spec, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(ids, jnp.int32),
-             jnp.asarray(seed, jnp.uint32), width)
-    st_tokens, nfe, iters, done = jax.device_get((st.tokens, st.nfe, st.iters, st.done))
+    if plan is None:
+        st = run(graphdef, params, spec, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(ids, jnp.int32),
+                 jnp.asarray(seed, jnp.uint32), width)
+        st_tokens, nfe, iters, done = jax.device_get((st.tokens, st.nfe, st.iters, st.done))
+    else:
+        sharding_lib.check_model(cfg, plan.mesh, plan.rules)
+        params = sharding_lib.shard_params(params, plan.mesh, plan.rules)
+        rows = sharding_lib.process_rows(batch, plan.mesh, plan.rules)
+        glob = functools.partial(sharding_lib.global_batch_array, mesh=plan.mesh, rules=plan.rules, global_rows=batch)
+        st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]), glob(valid[rows]),
+                 glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
+        st_tokens, nfe, iters, done = (sharding_lib.to_host(x) for x in (st.tokens, st.nfe, st.iters, st.done))
     if not np.all(done):
         raise RuntimeError(f"decoding stopped at the iteration bound {max_iters} with unfinished rows: policy bug")
     return GenerateOutput(tokens=np.asarray(st_tokens[:, width:]), nfe=np.asarray(nfe), iterations=int(iters))

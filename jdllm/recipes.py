@@ -10,7 +10,7 @@ import yaml
 
 _ALLOWED = {
     "block_length", "steps", "remasking", "temperature", "cache", "threshold", "factor", "factor_quirk",
-    "refresh_every", "cfg_scale",
+    "refresh_every", "cfg_scale", "eos_early_stop",
 }
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -104,3 +105,15 @@ def test_sampling_changes_with_seed(tiny):
     a = jdllm.generate(tiny, [[5, 6, 7]], seed=0, **kw)
     b = jdllm.generate(tiny, [[5, 6, 7]], seed=1, **kw)
     assert not np.array_equal(a.tokens, b.tokens)
+
+
+def test_eos_early_stop_fills_and_saves_forwards():
+    cfg = ModelConfig(family="llada", vocab_size=48, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
+                      mlp_hidden_size=64, max_seq_len=40, mask_id=47, eos_id=0, pad_id=45)
+    model = Transformer(cfg, rngs=nnx.Rngs(3))
+    model.ff_out.kernel[...] = jnp.zeros_like(model.ff_out.kernel[...])  # flat logits: argmax is token 0 = EOS
+    kw = dict(gen_length=32, block_length=8, steps=32)
+    plain = jdllm.generate(model, [[1, 2, 3]], **kw)
+    early = jdllm.generate(model, [[1, 2, 3]], eos_early_stop=True, **kw)
+    assert (plain.tokens == 0).all() and (early.tokens == 0).all()
+    assert int(plain.nfe[0]) == 32 and int(early.nfe[0]) == 8

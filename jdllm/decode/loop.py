@@ -34,6 +34,7 @@ class DecodeSpec:
     schedule: SemiAutoregressive
     temperature: float = 0.0
     max_iters: int = 1 << 30
+    sharding: Any = None  # a jdllm.sharding.ShardingPlan (mesh + rules) for a sharded decode; None: one device
 
 
 @struct.dataclass
@@ -52,7 +53,7 @@ class DecodeState:
 def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeState:
     b, length = canvas.tokens.shape
     zeros = jnp.zeros((b,), jnp.int32)
-    return DecodeState(
+    return _constrain(spec, DecodeState(
         tokens=canvas.tokens,
         block=zeros,
         step_in_block=zeros,
@@ -62,7 +63,16 @@ def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeSt
         cache=spec.cache.init(model.config, b, length),
         policy_state=spec.policy.init_state(b, spec.schedule.width),
         iters=jnp.zeros((), jnp.int32),
-    )
+    ))
+
+
+def _constrain(spec: DecodeSpec, st: DecodeState) -> DecodeState:
+    """Under a sharded decode, pin the canvas to ('batch', 'seq') and the cache to its logical axes."""
+    plan = spec.sharding
+    if plan is None:
+        return st
+    return st.replace(tokens=plan.constrain(st.tokens, ("batch", "seq"), "canvas tokens"),
+                      cache=plan.constrain_cache(st.cache))
 
 
 def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: jax.Array, st: DecodeState) -> DecodeState:
@@ -75,16 +85,24 @@ def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: 
         model, canvas, start, width, st.cache, st.refresh, live, st.step_in_block
     )
     keys = jax.vmap(jax.random.fold_in)(row_keys, st.nfe)
-    proposal = propose(logits, spec.temperature, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), mask_id)
+    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    if spec.sharding is None:
+        proposal = propose(logits, spec.temperature, noise_keys, mask_id)
+    else:
+        proposal = spec.sharding.propose(logits, spec.temperature, noise_keys, mask_id)
     window = slice_rows(st.tokens, start, width)
     candidates = (window == mask_id) & active[:, None]
     ctx = StepContext(step_in_block=st.step_in_block, block_start=st.step_in_block == 0, keys=keys)
     commit, policy_state = spec.policy.select(proposal, candidates, ctx, st.policy_state)
     window = jnp.where(commit & candidates, proposal.tokens, window)
     finished = active & ~jnp.any(window == mask_id, axis=-1)
-    block, all_blocks_done = sched.advance(st.block, finished)
-    return DecodeState(
-        tokens=update_rows(st.tokens, window, start),
+    block, all_blocks_done, eos_fill = sched.advance(st.block, finished, window, model.config.eos_id)
+    tokens = update_rows(st.tokens, window, start)
+    if model.config.eos_id is not None:
+        after = jnp.arange(tokens.shape[1])[None, :] >= (start + width)[:, None]
+        tokens = jnp.where(eos_fill[:, None] & after, model.config.eos_id, tokens)
+    return _constrain(spec, DecodeState(
+        tokens=tokens,
         block=block,
         step_in_block=jnp.where(finished, 0, st.step_in_block + active.astype(jnp.int32)),
         refresh=jnp.where(active, finished, st.refresh),
@@ -93,7 +111,7 @@ def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: 
         cache=cache,
         policy_state=policy_state,
         iters=st.iters + 1,
-    )
+    ))
 
 
 def _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len):

@@ -52,3 +52,55 @@ def propose(logits: Float[Array, "B W V"], temperature: float, keys: jax.Array |
         margin=top2[..., 0] - top2[..., 1],
         log_probs=log_probs,
     )
+
+
+def propose_sharded(logits: Float[Array, "B W V"], temperature: float, keys: jax.Array | None, mask_id: int,
+                    mesh, batch_axes, vocab_axes: tuple[str, ...]) -> Proposal:
+    """`propose` over vocab-sharded logits without ever gathering `[B, W, V]`.
+
+    Logits stay sharded over `vocab_axes` (the LM head's vocab sharding: each device computed its own vocab
+    slice); inside a `shard_map` every device reduces its slice (max / argmax / sum exp / entropy sum / top-2)
+    and the partial results are combined with `pmax` / `pmin` / `psum` and an all-gather of [B, W, 2] top-2
+    values. Tokens are exactly those of `propose` (argmax ties go to the lowest id, as `jnp.argmax`); scores
+    equal it up to float summation order. Gumbel noise is drawn at full shape outside the `shard_map` with the
+    same keys, so (threefry being partitionable) each device gets the slice one device would have drawn.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    vocab = logits.shape[-1]
+    n_shards = 1
+    for a in vocab_axes:
+        n_shards *= mesh.shape[a]
+    if vocab % n_shards or vocab // n_shards < 2:
+        raise ValueError(f"vocab size {vocab} cannot be split into {n_shards} slices of >= 2 ids over mesh axes {vocab_axes}")
+    spec3, spec2 = P(batch_axes, None, vocab_axes), P(batch_axes, None)
+    logits = jax.lax.with_sharding_constraint(logits.astype(jnp.float32), NamedSharding(mesh, spec3))
+    if temperature > 0:
+        noisy = logits + temperature * gumbel_noise(keys, logits.shape[1:])
+        noisy = jax.lax.with_sharding_constraint(noisy, NamedSharding(mesh, spec3))
+    else:
+        noisy = logits
+
+    def local(logits, noisy):
+        v_local = logits.shape[-1]
+        ids = jax.lax.axis_index(vocab_axes) * v_local + jnp.arange(v_local)
+        masked = jnp.where(ids != mask_id, noisy, -jnp.inf)
+        local_max = jnp.max(masked, axis=-1)
+        best = jax.lax.pmax(local_max, vocab_axes)
+        local_arg = ids[jnp.argmax(masked, axis=-1)]
+        tokens = jax.lax.pmin(jnp.where(local_max == best, local_arg, vocab), vocab_axes)
+        # log_softmax as jax.nn.log_softmax computes it, with the max and the sum of exps combined across shards.
+        x_max = jax.lax.pmax(jnp.max(logits, axis=-1, keepdims=True), vocab_axes)
+        shifted = logits - x_max
+        log_probs = shifted - jnp.log(jax.lax.psum(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True), vocab_axes))
+        probs = jnp.exp(log_probs)
+        confidence = jax.lax.psum(jnp.sum(jnp.where(ids == tokens[..., None], probs, 0.0), axis=-1), vocab_axes)
+        neg_entropy = jax.lax.psum(jnp.sum(probs * log_probs, axis=-1), vocab_axes)
+        top2 = jax.lax.top_k(probs, 2)[0]
+        top2 = jax.lax.top_k(jax.lax.all_gather(top2, vocab_axes, axis=-1, tiled=True), 2)[0]
+        return tokens.astype(jnp.int32), confidence, neg_entropy, top2[..., 0] - top2[..., 1], log_probs
+
+    tokens, confidence, neg_entropy, margin, log_probs = jax.shard_map(
+        local, mesh=mesh, in_specs=(spec3, spec3), out_specs=(spec2, spec2, spec2, spec2, spec3)
+    )(logits, noisy)
+    return Proposal(tokens=tokens, confidence=confidence, neg_entropy=neg_entropy, margin=margin, log_probs=log_probs)

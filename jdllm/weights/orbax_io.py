@@ -31,15 +31,25 @@ def save_orbax(model: Transformer, directory: str | os.PathLike) -> None:
         ckptr.save(os.path.join(directory, "params"), params, force=True)
 
 
-def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings=None) -> Transformer:
-    """Restore a model saved by `save_orbax`. `shardings` (a pytree of Shardings like the params) places
-    each array on its shards as it is restored."""
+def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings=None, mesh=None,
+               rules=None) -> Transformer:
+    """Restore a model saved by `save_orbax`. `shardings` (a pytree of Shardings like the params), or `mesh`
+    with `rules` (`jdllm.sharding`; default tensor-parallel), places each array on its shards as it is
+    restored (no array is materialised whole on one device)."""
     directory = os.path.abspath(str(directory))
     with open(os.path.join(directory, CONFIG_FILE)) as f:
         cfg = ModelConfig.from_dict(json.load(f))
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     graphdef, abstract = abstract_model(cfg)
+    if mesh is not None:
+        if shardings is not None:
+            raise ValueError("give shardings= or mesh= (with rules=), not both")
+        from jdllm import sharding as sharding_lib
+
+        rules = sharding_lib.get_rules(rules)
+        sharding_lib.check_model(cfg, mesh, rules)
+        shardings = sharding_lib.param_shardings(abstract, mesh, rules)
     if shardings is not None:
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     with ocp.StandardCheckpointer() as ckptr:

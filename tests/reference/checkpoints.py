@@ -113,6 +113,14 @@ def _norm_weight(rng, d):
     return (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32)
 
 
+def _head(rng, v, d, head_scale, mask_id):
+    """LM head [V, d]; the mask token's row is zero (logit 0, far below the typical max), so the model never
+    proposes the mask token, as a trained dLLM does not."""
+    head = _normal(rng, (v, d), head_scale / np.sqrt(d))
+    head[mask_id] = 0.0
+    return head
+
+
 def llada_weights(hf: dict, seed: int = 0, head_scale: float = HEAD_SCALE, qk_gain: float = QK_GAIN) -> dict:
     rng = np.random.default_rng(seed)
     d, h, hkv = hf["d_model"], hf["n_heads"], hf["n_kv_heads"]
@@ -130,7 +138,7 @@ def llada_weights(hf: dict, seed: int = 0, head_scale: float = HEAD_SCALE, qk_ga
         w[p + "up_proj.weight"] = _normal(rng, (m, d), 1.0 / np.sqrt(d))
         w[p + "ff_out.weight"] = _normal(rng, (d, m), 1.0 / np.sqrt(m))
     w["model.transformer.ln_f.weight"] = _norm_weight(rng, d)
-    w["model.transformer.ff_out.weight"] = _normal(rng, (v, d), head_scale / np.sqrt(d))
+    w["model.transformer.ff_out.weight"] = _head(rng, v, d, head_scale, hf["mask_token_id"])
     return w
 
 
@@ -154,7 +162,7 @@ def dream_weights(hf: dict, seed: int = 0, head_scale: float = HEAD_SCALE, qk_ga
         w[p + "mlp.up_proj.weight"] = _normal(rng, (m, d), 1.0 / np.sqrt(d))
         w[p + "mlp.down_proj.weight"] = _normal(rng, (d, m), 1.0 / np.sqrt(m))
     w["model.norm.weight"] = _norm_weight(rng, d)
-    w["lm_head.weight"] = _normal(rng, (v, d), head_scale / np.sqrt(d))
+    w["lm_head.weight"] = _head(rng, v, d, head_scale, hf["mask_token_id"])
     return w
 
 

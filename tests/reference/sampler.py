@@ -147,6 +147,8 @@ def _commit_block(x, s, e, logits_block, mask_id, rule, diag):
     x0, conf, gap = propose(logits_block)
     diag.conf_seen.append(conf[masked].copy())
     commit = select(conf, masked, diag=diag, **rule)
+    if np.any(x0[commit] == mask_id):
+        raise AssertionError("the reference proposed the mask token; the tiny checkpoints must not do that")
     for g in gap[commit]:
         diag.merge_logit_gap(g)
     diag.n_steps += 1

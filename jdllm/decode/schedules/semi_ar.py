@@ -25,6 +25,7 @@ class BlockSchedule:
 class SemiAutoregressive(BlockSchedule):
     gen_length: int
     block_length: int
+    eos_early_stop: bool = False  # a finished block holding EOS ends the row; later blocks are filled with EOS
 
     def __post_init__(self):
         if self.block_length < 1 or self.gen_length < 1:
@@ -43,7 +44,14 @@ class SemiAutoregressive(BlockSchedule):
     def window_offset(self, block):
         return jnp.minimum(block, self.n_blocks - 1) * self.block_length
 
-    def advance(self, block: Int[Array, "B"], block_finished: Bool[Array, "B"]):
-        """Next block index and whether the row is done with all blocks."""
+    def advance(self, block: Int[Array, "B"], block_finished: Bool[Array, "B"], window: Int[Array, "B W"], eos_id):
+        """Next block index, whether the row is done, and whether its remaining blocks are to be filled with EOS.
+
+        With `eos_early_stop` (dInfer / LocalLeap style early stop, not in the LLaDA or Fast-dLLM references), a
+        row whose finished block contains EOS is done: an instruct model fills everything after EOS with EOS.
+        """
+        stop = jnp.zeros_like(block_finished)
+        if self.eos_early_stop and eos_id is not None:
+            stop = block_finished & jnp.any(window == eos_id, axis=-1)
         block = block + block_finished.astype(block.dtype)
-        return block, block >= self.n_blocks
+        return block, (block >= self.n_blocks) | stop, stop
