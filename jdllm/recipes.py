@@ -10,8 +10,10 @@ import yaml
 
 _ALLOWED = {
     "block_length", "steps", "remasking", "temperature", "cache", "threshold", "factor", "factor_quirk",
-    "refresh_every", "cfg_scale", "eos_early_stop",
+    "refresh_every", "cfg_scale", "eos_early_stop", "policy",
 }
+# Placeholders a recipe's `policy:` mapping may use as values, resolved per call by `recipe_kwargs`.
+_POLICY_PLACEHOLDERS = ("gen_length", "block_length", "steps", "steps_per_block", "vocab_size", "mask_id")
 
 
 def default_recipe_file() -> Path:
@@ -30,11 +32,42 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, dict[str, A
         unknown = set(recipe) - _ALLOWED - {"source"}
         if unknown:
             raise ValueError(f"recipe {name!r} has unknown fields {sorted(unknown)}")
+        if "policy" in recipe:
+            _check_policy(name, recipe["policy"])
     return data
 
 
-def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """`jdllm.generate` keyword arguments of recipe `name` for a given gen_length."""
+def _check_policy(name, spec) -> None:
+    from jdllm.decode.policies import POLICIES
+
+    if not isinstance(spec, dict) or spec.get("name") not in POLICIES:
+        raise ValueError(f"recipe {name!r}: `policy` must be a mapping with `name` in {sorted(POLICIES)}, got {spec!r}")
+
+
+def build_policy(spec: dict, values: dict[str, Any]):
+    """The policy object of a recipe's `policy:` mapping ({name: <registry name>, **kwargs}); string values
+    naming a placeholder (gen_length, block_length, steps, steps_per_block, vocab_size, mask_id) take the
+    call's value."""
+    from jdllm.decode.policies import POLICIES
+
+    kwargs = {}
+    for key, val in spec.items():
+        if key == "name":
+            continue
+        if isinstance(val, str) and val in _POLICY_PLACEHOLDERS:
+            if values.get(val) is None:
+                raise ValueError(f"policy {spec['name']!r} needs {val}: pass it to recipe_kwargs")
+            val = values[val]
+        kwargs[key] = val
+    return POLICIES[spec["name"]](**kwargs)
+
+
+def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = None, model_config=None) -> dict[str, Any]:
+    """`jdllm.generate` keyword arguments of recipe `name` for a given gen_length.
+
+    A recipe with a `policy:` mapping returns a built `policy` object (jdllm.generate's `policy=`);
+    `model_config` (the model's ModelConfig) supplies the `vocab_size` / `mask_id` placeholders some need.
+    """
     recipes = load_recipes(path)
     if name not in recipes:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(recipes))}")
@@ -42,4 +75,11 @@ def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = N
     if kw.get("steps") == "gen_length":
         kw["steps"] = gen_length
     kw["block_length"] = min(kw.get("block_length", gen_length), gen_length)
+    if "policy" in kw:
+        steps = kw.get("steps", gen_length)
+        n_blocks = max(gen_length // kw["block_length"], 1)
+        values = dict(gen_length=gen_length, block_length=kw["block_length"], steps=steps,
+                      steps_per_block=steps // n_blocks,
+                      vocab_size=getattr(model_config, "vocab_size", None), mask_id=getattr(model_config, "mask_id", None))
+        kw["policy"] = build_policy(kw["policy"], values)
     return kw

@@ -343,7 +343,11 @@ def plan_for(params, mesh: Mesh | None, rules: ShardingRules | str | None, model
     """The plan of a decode: `mesh` if given, else the params' mesh; None (the single-device path) when neither
     spans more than one device."""
     mesh = mesh if mesh is not None else mesh_of(params)
-    if mesh is None or (mesh.size == 1 and rules is None):
+    if mesh is None:
+        if rules is not None:
+            raise ValueError("rules= needs a mesh= (or a model whose parameters are sharded over a mesh)")
+        return None
+    if mesh.size == 1 and rules is None:
         return None
     return ShardingPlan(mesh, get_rules(rules if rules is not None else model_rules))
 
@@ -396,6 +400,8 @@ def global_batch_array(local, mesh: Mesh, rules: ShardingRules | str | None = No
 def to_host(x) -> np.ndarray:
     """The whole array on this host (gathered across processes when it is not fully addressable)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
         from jax.experimental import multihost_utils
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))

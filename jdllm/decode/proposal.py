@@ -60,9 +60,9 @@ def propose_sharded(logits: Float[Array, "B W V"], temperature: float, keys: jax
 
     Logits stay sharded over `vocab_axes` (the LM head's vocab sharding: each device computed its own vocab
     slice); inside a `shard_map` every device reduces its slice (max / argmax / sum exp / entropy sum / top-2)
-    and the partial results are combined with `pmax` / `pmin` / `psum` and an all-gather of [B, W, 2] top-2
-    values. Tokens are exactly those of `propose` (argmax ties go to the lowest id, as `jnp.argmax`); scores
-    equal it up to float summation order. Gumbel noise is drawn at full shape outside the `shard_map` with the
+    and the partial results are combined with `pmax` / `pmin` / `psum` (no gather at all). Tokens are exactly
+    those of `propose` (argmax ties go to the lowest id, as `jnp.argmax`); scores equal it up to float
+    summation order. Gumbel noise is drawn at full shape outside the `shard_map` with the
     same keys, so (threefry being partitionable) each device gets the slice one device would have drawn.
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -96,9 +96,14 @@ def propose_sharded(logits: Float[Array, "B W V"], temperature: float, keys: jax
         probs = jnp.exp(log_probs)
         confidence = jax.lax.psum(jnp.sum(jnp.where(ids == tokens[..., None], probs, 0.0), axis=-1), vocab_axes)
         neg_entropy = jax.lax.psum(jnp.sum(probs * log_probs, axis=-1), vocab_axes)
+        # Top-2 of the union: the first is the largest local first; the second is the largest of the other
+        # shards' firsts and the winning shard's second (the winner: the lowest shard holding the first).
         top2 = jax.lax.top_k(probs, 2)[0]
-        top2 = jax.lax.top_k(jax.lax.all_gather(top2, vocab_axes, axis=-1, tiled=True), 2)[0]
-        return tokens.astype(jnp.int32), confidence, neg_entropy, top2[..., 0] - top2[..., 1], log_probs
+        first = jax.lax.pmax(top2[..., 0], vocab_axes)
+        shard = jax.lax.axis_index(vocab_axes)
+        winner = jax.lax.pmin(jnp.where(top2[..., 0] == first, shard, n_shards), vocab_axes)
+        second = jax.lax.pmax(jnp.where(shard == winner, top2[..., 1], top2[..., 0]), vocab_axes)
+        return tokens.astype(jnp.int32), confidence, neg_entropy, first - second, log_probs
 
     tokens, confidence, neg_entropy, margin, log_probs = jax.shard_map(
         local, mesh=mesh, in_specs=(spec3, spec3), out_specs=(spec2, spec2, spec2, spec2, spec3)

@@ -27,8 +27,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jdllm.decode.policies.base import CommitPolicy, at_least_one, commit_top, descending_ranks
-from jdllm.decode.policies.rowstate import live_rows, reset_rows, where_rows
+from jdllm.decode.policies.base import CommitPolicy, commit_top, descending_ranks
+from jdllm.decode.policies.rowstate import fallback_top1, live_rows, reset_rows, where_rows
 from jdllm.decode.policies.topk import transfer_quota
 
 KL_EPS = 1e-12
@@ -78,6 +78,6 @@ class KLASS(CommitPolicy):
         quota = jnp.maximum(transfer_quota(self.block_length, self.steps_per_block, ctx.step_in_block), 1)
         scheduled = commit_top(conf, candidates, quota)
         commit = jnp.where(jnp.any(ready, axis=-1)[:, None], ready, scheduled)
-        commit = at_least_one(commit, conf, candidates)
+        commit = fallback_top1(commit, conf, candidates)
         state = where_rows(live_rows(candidates), dict(p_prev=p, kl_hist=hist), state)
         return commit, state

@@ -30,3 +30,11 @@ def reset_rows(mask, state, fresh):
 def live_rows(candidates) -> jax.Array:
     """Rows that decode this step: those with at least one candidate."""
     return jnp.any(candidates, axis=-1)
+
+
+def fallback_top1(commit, scores, candidates):
+    """Guarantee progress: rows whose `commit` is empty commit their highest-scoring candidate instead."""
+    from jdllm.decode.policies.base import descending_ranks
+
+    top = candidates & (descending_ranks(scores, candidates) == 0)
+    return commit | (top & ~jnp.any(commit, axis=-1, keepdims=True))

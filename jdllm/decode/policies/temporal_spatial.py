@@ -28,8 +28,8 @@ placeholder to be tuned):
   trajectories keep refining.
 - TSPD sensor: training-free stand-in = confidence >= tau (the Fast-dLLM threshold); or, when `controller` is
   given, a learned per-position score controller(features) >= controller_tau (see below).
-- commit = (sensor | look-ahead) & ~hold, then always at least the most confident candidate (even if held), so
-  every step makes progress.
+- commit = (sensor | look-ahead) & ~hold; a row left with no commit commits its most confident candidate
+  (even if held), so every step makes progress.
 
 Hook for the learned controller (the paper's TSPD sensor): `controller` is a pure, jit-traceable callable
 features [B, W, F] float32 -> scores [B, W] in [0, 1] (for instance a small MLP whose weights are closed over
@@ -49,8 +49,8 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from jdllm.decode.policies.base import CommitPolicy, at_least_one
-from jdllm.decode.policies.rowstate import live_rows, reset_rows, where_rows
+from jdllm.decode.policies.base import CommitPolicy
+from jdllm.decode.policies.rowstate import fallback_top1, live_rows, reset_rows, where_rows
 
 
 def _logit(p, eps):
@@ -133,7 +133,7 @@ class TemporalSpatial(CommitPolicy):
         else:
             sensor = self.controller(self.features(proposal, candidates, old, new, flip, cont, mu, sd)) >= self.controller_tau
         commit = candidates & (sensor | lookahead) & ~hold
-        commit = at_least_one(commit, conf, candidates)
+        commit = fallback_top1(commit, conf, candidates)
         state = where_rows(live_rows(candidates), new, state)
         return commit, state
 
