@@ -34,7 +34,7 @@ def run(bundle, gen_length: int, recipes: list[str], n: int, batch: int, seed: i
     width = max(map(len, prompts))
     rows = []
     for name in recipes:
-        kw = recipe_kwargs(name, gen_length)
+        kw = recipe_kwargs(name, gen_length, model_config=bundle.model.config)
         call = lambda ps: jdllm.generate(bundle.model, ps, gen_length=gen_length, prompt_length=width, **kw)
         t0 = time.perf_counter()
         call(prompts[:batch])

@@ -21,6 +21,7 @@ from jdllm import sharding as sharding_lib
 from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
 from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
+from jdllm.decode.policies.dream import DreamAlgorithm
 from jdllm.decode.schedules import SemiAutoregressive
 from jdllm.models.transformer import Transformer
 from jdllm.models.config import config_from_hf
@@ -138,9 +139,15 @@ def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None
     return tokens, valid, width
 
 
-def make_policy(steps, block_length, n_blocks, remasking, threshold, factor, factor_quirk) -> CommitPolicy:
-    if threshold is not None and factor is not None:
-        raise ValueError("give either threshold or factor, not both")
+def make_policy(steps, block_length, n_blocks, remasking, threshold, factor, factor_quirk, alg=None,
+                alg_temp=0.0, eps=1e-3, gen_length=None) -> CommitPolicy:
+    if sum(x is not None for x in (threshold, factor, alg)) > 1:
+        raise ValueError("give only one of threshold, factor or alg")
+    if alg is not None:
+        if block_length != gen_length:
+            raise ValueError(f"alg={alg!r} (Dream's sampler) decodes one global window: block_length must equal "
+                             f"gen_length ({gen_length}), got {block_length}")
+        return DreamAlgorithm(alg=alg, steps=steps, gen_length=gen_length, eps=eps, alg_temp=alg_temp)
     if threshold is not None:
         return Threshold(float(threshold))
     if factor is not None:
@@ -174,6 +181,9 @@ def generate(
     threshold: float | None = None,
     factor: float | None = None,
     factor_quirk: bool = True,
+    alg: str | None = None,
+    alg_temp: float = 0.0,
+    eps: float = 1e-3,
     cache: str | CacheStrategy | None = None,
     refresh_every: int | None = None,
     eos_early_stop: bool = False,
@@ -189,7 +199,9 @@ def generate(
     """Generate `gen_length` tokens after each prompt by masked-diffusion denoising, as one compiled program.
 
     Semantics of LLaDA's `generate` (semi-AR blocks, linear transfer schedule, top-k by confidence, Gumbel-max
-    at temperature > 0, CFG) with Fast-dLLM's threshold / factor rules and prefix / dual caches.
+    at temperature > 0, CFG) with Fast-dLLM's threshold / factor rules and prefix / dual caches. `alg=`
+    ("maskgit_plus" | "topk_margin" | "entropy" | "origin", with `alg_temp`, `eps`) selects Dream's
+    `diffusion_generate` algorithms and step schedule over one global window (leave block_length unset).
     `block_length` defaults to gen_length (one global window), `steps` to gen_length. `eos_early_stop` ends a
     row once a finished block holds EOS and fills its later blocks with EOS (off by default, as in the references). `row_ids` name the
     rows for the per-row random streams (default 0..B-1): give a prompt the same id and seed and its sampled
@@ -213,7 +225,8 @@ def generate(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if policy is None:
-        policy = make_policy(steps, sched.block_length, sched.n_blocks, remasking, threshold, factor, factor_quirk)
+        policy = make_policy(steps, sched.block_length, sched.n_blocks, remasking, threshold, factor, factor_quirk,
+                             alg, alg_temp, eps, gen_length)
     strategy = make_cache(cache, cfg_scale, refresh_every)
     tokens, valid, width = pack_prompts(prompts, cfg, gen_length, prompt_length)
     batch = tokens.shape[0]

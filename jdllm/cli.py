@@ -23,10 +23,10 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _decode_kwargs(args, gen_length: int) -> dict:
+def _decode_kwargs(args, gen_length: int, model_config) -> dict:
     from jdllm.recipes import recipe_kwargs
 
-    kw = recipe_kwargs(args.recipe, gen_length) if args.recipe else {"block_length": min(32, gen_length), "steps": gen_length}
+    kw = recipe_kwargs(args.recipe, gen_length, model_config=model_config) if args.recipe else {"block_length": min(32, gen_length), "steps": gen_length}
     for name in ("block_length", "steps", "threshold", "factor", "temperature", "remasking"):
         value = getattr(args, name)
         if value is not None:
@@ -42,7 +42,7 @@ def cmd_generate(args) -> int:
 
     bundle = load_bundle(args.model)
     gen_length = args.gen_length or bundle.gen_length
-    kw = _decode_kwargs(args, gen_length)
+    kw = _decode_kwargs(args, gen_length, bundle.model.config)
     ids = [bundle.tokenizer.encode(bundle.format_prompt(q, raw=args.raw)) for q in args.prompt]
     t0 = time.perf_counter()
     out = jdllm.generate(bundle.model, ids, gen_length=gen_length, seed=args.seed, **kw)

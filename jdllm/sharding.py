@@ -249,7 +249,10 @@ def check_model(cfg, mesh: Mesh, rules: ShardingRules) -> None:
         axes = [a for a in rules.mesh_axes(logical) if a in mesh.shape]
         size = math.prod(mesh.shape[a] for a in axes)
         if count % size:
-            raise ValueError(f"{count} {what} are not divisible by mesh axis {'x'.join(map(repr, axes))} of size {size}")
+            raise ValueError(
+                f"{count} {what} are not divisible by mesh axis {'x'.join(map(repr, axes))} of size {size} "
+                f"(rules {rules.name!r}); use a smaller tensor axis or rules.replace({logical}=None) to replicate them"
+            )
 
 
 def shard_params(state, mesh: Mesh, rules: ShardingRules):
@@ -358,13 +361,11 @@ def plan_for(params, mesh: Mesh | None, rules: ShardingRules | str | None, model
 
 
 def initialize_distributed(**kwargs) -> None:
-    """`jax.distributed.initialize(**kwargs)` once per process (on Cloud TPU every argument is discovered);
-    a no-op when already initialised."""
-    try:
+    """`jax.distributed.initialize(**kwargs)` once per process, before any other JAX call (on Cloud TPU every
+    argument is discovered; elsewhere give coordinator_address, num_processes, process_id); a no-op when
+    already initialised."""
+    if not jax.distributed.is_initialized():
         jax.distributed.initialize(**kwargs)
-    except RuntimeError as e:  # already initialised
-        if "already" not in str(e).lower():
-            raise
 
 
 def process_rows(n_rows: int, mesh: Mesh, rules: ShardingRules | str | None = None) -> slice:

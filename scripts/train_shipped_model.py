@@ -34,7 +34,7 @@ from jdllm.train.diffusion import (  # noqa: E402
     TrainConfig, default_tokenizer, evaluate, export_llada, load_llada_export, param_count, problems_to_sft, train)
 
 DEFAULT_OUT = os.path.join(ROOT, "jdllm", "assets", "models", "arith-llada-tiny")
-PROMPT_LEN = 96  # question (<= 95 characters) + newline, left-padded
+PROMPT_LEN = 80  # question (<= 79 characters) + newline, left-padded
 GEN_LEN = 64  # two blocks of 32; the longest answer is 34 characters + EOS padding
 
 
@@ -44,19 +44,19 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt-dir", default=os.path.join(ROOT, "runs", "arith-llada-tiny", "ckpt"))
     ap.add_argument("--fresh", action="store_true", help="delete --ckpt-dir first instead of resuming")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
-    ap.add_argument("--mlp", type=int, default=512)
-    ap.add_argument("--train-pool", type=int, default=200_000, help="distinct training problems drawn")
+    ap.add_argument("--mlp", type=int, default=384)
+    ap.add_argument("--train-pool", type=int, default=100_000, help="distinct training problems drawn")
     ap.add_argument("--eval-n", type=int, default=500, help="held-out problems for the final accuracy")
-    ap.add_argument("--eval-every", type=int, default=0, help="steps between quick evaluations (0: none)")
-    ap.add_argument("--quick-eval-n", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=250, help="steps between quick evaluations (0: none)")
+    ap.add_argument("--quick-eval-n", type=int, default=32)
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--notes", default="", help="text appended to the model card (e.g. what was tried)")
@@ -154,7 +154,7 @@ Seed {tc.seed}; fixed data (`make_problems({args.train_pool}, "train", seed={arg
 
 ## Prompt format and decoding
 - Prompt: the question followed by one newline (`jdllm.tasks.format_prompt(question)` = `question + "\\n"`),
-  encoded with the character-level `tokenizer.json` of this folder, no BOS. Questions are at most 95 characters
+  encoded with the character-level `tokenizer.json` of this folder, no BOS. Questions are at most 79 characters
   (prompt region {PROMPT_LEN} tokens in training, left-padded with `<|pad|>` under attention mask False, positions
   `cumsum(mask) - 1`).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the

@@ -9,10 +9,29 @@ Checkpoint fixtures yield ``(path, weights, hf_config)``:
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.reference.checkpoints import build_dream_checkpoint, build_llada_checkpoint
 from tests.reference.model import RefModel
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: extra compile-heavy cases; run with --runslow or JDLLM_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("JDLLM_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or JDLLM_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ def tiny():
         (dict(gen_length=16, block_length=8, steps=16), [], "non-empty"),
         (dict(gen_length=32, block_length=8, steps=32), [list(range(1, 10))], "exceeds the model's maximum length 40"),
         (dict(gen_length=16, block_length=8, steps=16), [[1, 99]], "outside the vocabulary"),
-        (dict(gen_length=16, block_length=8, steps=16, threshold=0.9, factor=1.0), [[1]], "either threshold or factor"),
+        (dict(gen_length=16, block_length=8, steps=16, threshold=0.9, factor=1.0), [[1]], "only one of threshold, factor or alg"),
+        (dict(gen_length=16, block_length=8, steps=16, alg="entropy"), [[1]], "block_length must equal"),
         (dict(gen_length=16, block_length=8, steps=16, cache="dual", cfg_scale=1.0), [[1]], "cache=None only"),
         (dict(gen_length=16, block_length=8, steps=16, cache="paged"), [[1]], "cache must be"),
         (dict(gen_length=16, block_length=8, steps=16, threshold=1.5), [[1]], "threshold must lie"),
@@ -117,3 +118,13 @@ def test_eos_early_stop_fills_and_saves_forwards():
     early = jdllm.generate(model, [[1, 2, 3]], eos_early_stop=True, **kw)
     assert (plain.tokens == 0).all() and (early.tokens == 0).all()
     assert int(plain.nfe[0]) == 32 and int(early.nfe[0]) == 8
+
+
+def test_dream_alg_keyword_is_the_dream_policy(tiny):
+    from jdllm.decode.policies.dream import DreamAlgorithm
+
+    kw = dict(gen_length=16, steps=8)
+    a = jdllm.generate(tiny, [[1, 2, 3]], alg="entropy", **kw)
+    b = jdllm.generate(tiny, [[1, 2, 3]], policy=DreamAlgorithm("entropy", steps=8, gen_length=16), **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert (a.tokens != 47).all() and int(a.nfe[0]) == 8

@@ -13,6 +13,16 @@ from tests.reference import fastdllm_generate
 
 CACHES = [None, "prefix", "dual"]
 BATCH_RULES = ["thr0.9", "topk"]
+# by default every cache and every (family, rule) pair runs once; the other 8 of the 12 cases are marked slow
+# (each case compiles 4 generate calls: three batch-1 shapes and the padded batch)
+DEFAULT = {
+    ("llada", None, "thr0.9"), ("llada", "dual", "topk"),
+    ("dream", "prefix", "topk"), ("dream", "dual", "thr0.9"),
+}
+CASES = [
+    pytest.param(f, c, r, id=f"{f}-{c}-{r}", marks=() if (f, c, r) in DEFAULT else pytest.mark.slow)
+    for f in FAMILIES for c in CACHES for r in BATCH_RULES
+]
 
 _results: dict = {}
 
@@ -33,9 +43,7 @@ def _run(model, family, rule, cache):
     return _results[key]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cache", CACHES, ids=lambda c: str(c))
-@pytest.mark.parametrize("rule", BATCH_RULES)
+@pytest.mark.parametrize("family,cache,rule", CASES)
 def test_alone_equals_batched(family, cache, rule, jd_models):
     alone, (tokens, nfe) = _run(jd_models[family], family, rule, cache)
     assert tokens.shape == (len(BATCH_PROMPTS), BATCH_GEN) and nfe.shape == (len(BATCH_PROMPTS),)
@@ -44,9 +52,7 @@ def test_alone_equals_batched(family, cache, rule, jd_models):
         assert int(nfe[i]) == n, f"row {i}: batched nfe {int(nfe[i])} != alone {n}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cache", CACHES, ids=lambda c: str(c))
-@pytest.mark.parametrize("rule", BATCH_RULES)
+@pytest.mark.parametrize("family,cache,rule", CASES)
 def test_batched_equals_reference(family, cache, rule, jd_models, ref_models):
     alone, (tokens, nfe) = _run(jd_models[family], family, rule, cache)
     steps = rule_steps(rule, BATCH_GEN, BATCH_BLOCK, BATCH_TOPK_STEPS)

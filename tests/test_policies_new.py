@@ -679,3 +679,24 @@ def test_stateful_policies_batch_invariant_under_dual_cache(tiny_llada, name):
     alone = jdllm.generate(tiny_llada, [prompts[1]], row_ids=[1], **kw)
     np.testing.assert_array_equal(batch.tokens[1], alone.tokens[0])
     assert int(batch.nfe[1]) == int(alone.nfe[0])
+
+
+def test_new_recipes_build_their_policies():
+    from jdllm.recipes import load_recipes, recipe_kwargs
+
+    cfg = jdllm.models.ModelConfig(family="llada", vocab_size=48, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
+                                   mlp_hidden_size=64, max_seq_len=64, mask_id=47)
+    names = [n for n, r in load_recipes().items() if "policy" in r]
+    assert {"frechet_prefix", "r2_dual", "tspd_ce_dual", "dream_entropy", "eb_sampler", "prophet", "klass_gsm8k",
+            "local_leap"} <= set(names)
+    for name in names:
+        kw = recipe_kwargs(name, 256, model_config=cfg)
+        policy = kw["policy"]
+        assert type(policy) is POLICIES[load_recipes()[name]["policy"]["name"]]
+        hash(policy)  # a static jit argument
+    assert recipe_kwargs("klass_gsm8k", 256, model_config=cfg)["policy"] == KLASS(64, 64, 0.6, 0.015, 2, "all", 48)
+    dream = recipe_kwargs("dream_entropy", 128)
+    assert dream["block_length"] == 128 and dream["policy"] == DreamAlgorithm("entropy", 128, 128)
+    assert recipe_kwargs("prophet", 256)["policy"] == Prophet(32, 32, gen_length=256)
+    with pytest.raises(ValueError, match="needs vocab_size"):
+        recipe_kwargs("klass_gsm8k", 256)

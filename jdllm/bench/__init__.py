@@ -45,7 +45,7 @@ def answer_tokens(row: np.ndarray, eos_id: int | None) -> int:
 def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_length: int, batch_size: int,
                  repeats: int = 1, seed: int = 0, progress=None) -> dict[str, Any]:
     """Run one recipe over `problems`; returns its row of the report."""
-    kw = recipe_kwargs(name, gen_length)
+    kw = recipe_kwargs(name, gen_length, model_config=bundle.model.config)
     prompts = [bundle.encode_prompt(p.question) for p in problems]
     width = max(map(len, prompts))
     batches = _batches(list(range(len(problems))), batch_size)

@@ -61,7 +61,7 @@ def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeSt
         nfe=zeros,
         done=jnp.zeros((b,), bool),
         cache=spec.cache.init(model.config, b, length),
-        policy_state=spec.policy.init_state(b, spec.schedule.width),
+        policy_state=spec.policy.init_state(b, spec.schedule.width, model.config),
         iters=jnp.zeros((), jnp.int32),
     ))
 

@@ -7,7 +7,7 @@ final GSM8K-style line::
     question: "Tom has 12 apples. He buys 7 more and gives 5 away. How many apples does Tom have now?"
     answer:   "12+7=19. 19-5=14. #### 14"
 
-Numbers are small (start 1..20, operands 1..20, every intermediate >= 0, so results stay below 81) for a tiny
+Numbers are small (start 2..20, operands 1..20, every intermediate >= 0, so results stay below 81) for a tiny
 character-level model to learn the facts, yet each step reads the previous step's result, so the final answer
 depends on intermediate results and decoding order matters.
 
@@ -39,10 +39,10 @@ OWNER_SUB = ("gives {n} away", "loses {n}", "sells {n}", "uses {n}")
 CONTAINER_ADD = ("puts in {n}", "adds {n}")
 CONTAINER_SUB = ("takes out {n}", "removes {n}")
 
-START_RANGE = (1, 20)
+START_RANGE = (2, 20)
 OPERAND_RANGE = (1, 20)
 N_OPS = (2, 3)
-MAX_QUESTION_CHARS = 95  # longer renderings are re-drawn: the prompt (question + newline) fits 96 tokens
+MAX_QUESTION_CHARS = 79  # longer renderings are re-drawn: the prompt (question + newline) fits 80 tokens
 TEST_BUCKETS = 10  # 1 in 10 canonical problems is held out
 
 ANSWER_MARK = "####"
@@ -108,14 +108,14 @@ def _render(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
     if rng.random() < 0.6:  # owner scenario
         opening = f"{name} has {start} {obj}."
         add, sub, subject = OWNER_ADD, OWNER_SUB, pron
-        question = rng.choice((f"How many {obj} does {name} have now?", f"How many {obj} does {pron.lower()} have?",
-                               f"How many {obj} does {name} have?"))
+        question = rng.choice((f"How many {obj} does {name} have?", f"How many {obj} does {pron.lower()} have?",
+                               f"How many does {pron.lower()} have now?"))
     else:  # container scenario
         box = rng.choice(CONTAINERS)
         opening = f"A {box} has {start} {obj}."
         add, sub, subject = CONTAINER_ADD, CONTAINER_SUB, name
-        question = rng.choice((f"How many {obj} are in the {box} now?", f"How many {obj} are in it now?",
-                               f"How many {obj} are in the {box}?"))
+        question = rng.choice((f"How many {obj} are in the {box}?", f"How many {obj} are in it now?",
+                               f"How many are in the {box} now?"))
     clauses = [rng.choice(add if op == "+" else sub).format(n=n) for op, n in ops]
     if rng.random() < 0.5:  # one sentence: "He buys 7 more, loses 2 and gives 5 away."
         body = f"{subject} {_join_clauses(clauses)}."

@@ -181,7 +181,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Mode
         grads, metrics = jax.grad(loss_fn, has_aux=True)(params, tokens, attention_mask, answer_mask, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
         return params, opt_state, metrics
 
     return jax.jit(step, donate_argnums=(0, 1))
@@ -280,7 +280,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
                    "grad_norm": m["grad_norm"], "seconds": time.time() - t0}
             history.append(rec)
             window = []
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
             log(f"step {done:6d}  loss {rec['loss']:.4f}  masked_acc {rec['masked_acc']:.3f}  "
                 f"grad_norm {rec['grad_norm']:.3f}  {rec['seconds']:.0f}s")
         if callback is not None and callback_every and done % callback_every == 0 and done != end:
@@ -429,7 +429,7 @@ def llada_tensors(model: Transformer) -> dict[str, np.ndarray]:
     """Parameters of `model` under LLaDA's HF tensor names, torch layout (Linear weights [out, in])."""
     cfg = model.config
     _, state = nnx.split(model)
-    flat = {".".join(str(k) for k in path): np.asarray(v) for path, v in _flatten(state.to_pure_dict())}
+    flat = {".".join(str(k) for k in path): np.asarray(v) for path, v in _flatten(nnx.to_pure_dict(state))}
     try:
         from jdllm.weights.keymaps import expected_names
 
@@ -502,7 +502,7 @@ def load_llada_export(directory: str) -> Transformer:
         tensors = load_file(os.path.join(directory, "model.safetensors"))
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     names = _fallback_names(cfg)
     for hf_name, (path, transform) in names.items():
         arr = tensors[hf_name]
@@ -514,7 +514,7 @@ def load_llada_export(directory: str) -> Transformer:
         if tuple(node[keys[-1]].shape) != tuple(arr.shape):
             raise ValueError(f"{hf_name}: shape {arr.shape} != {node[keys[-1]].shape}")
         node[keys[-1]] = jnp.asarray(arr)
-    state.replace_by_pure_dict(pure)
+    nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
 

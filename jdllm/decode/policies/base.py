@@ -1,7 +1,7 @@
 """The commit-policy axis: which masked positions of the active window are committed this step.
 
 A policy is a small frozen dataclass (hashable, so `jax.jit` takes it as a static argument) with
-`init_state(batch, width)` and `select(proposal, candidates, ctx, state) -> (commit, state)`. `candidates` are
+`init_state(batch, width, config)` (config: the model's ModelConfig) and `select(proposal, candidates, ctx, state) -> (commit, state)`. `candidates` are
 the masked positions of each row's active window (all False for rows idle this step); `commit` must be a
 subset of them. Everything is static-shape: ranks instead of boolean indexing, per-row counts as arrays.
 """
@@ -29,7 +29,7 @@ class StepContext:
 class CommitPolicy:
     """Base class. Subclasses override `select`; stateful ones also `init_state`."""
 
-    def init_state(self, batch: int, width: int):
+    def init_state(self, batch: int, width: int, config=None):
         return ()
 
     def select(self, proposal: Proposal, candidates: Bool[Array, "B W"], ctx: StepContext, state):

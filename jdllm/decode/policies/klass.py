@@ -52,10 +52,11 @@ class KLASS(CommitPolicy):
         if self.unmask not in ("all", "max_conf", "min_kl"):
             raise ValueError(f"unmask must be 'all', 'max_conf' or 'min_kl', got {self.unmask!r}")
 
-    def init_state(self, batch, width):
-        if self.vocab_size is None:
+    def init_state(self, batch, width, config=None):
+        vocab = self.vocab_size or getattr(config, "vocab_size", None)
+        if vocab is None:
             raise ValueError("KLASS keeps the previous step's distribution: give vocab_size (the model's vocabulary)")
-        return self._fresh(batch, width, self.vocab_size)
+        return self._fresh(batch, width, vocab)
 
     def _fresh(self, batch, width, vocab):
         return dict(p_prev=jnp.zeros((batch, width, vocab), jnp.float32),

@@ -46,7 +46,9 @@ class Prophet(CommitPolicy):
     def __post_init__(self):
         TopK(self.block_length, self.steps_per_block, self.score)  # validates
         if self.gen_length is not None and (self.gen_length < 1 or self.gen_length % self.block_length):
-            raise ValueError(f"gen_length={self.gen_length} is not a positive multiple of block_length={self.block_length}")
+            raise ValueError(
+                f"gen_length={self.gen_length} is not a positive multiple of block_length={self.block_length}"
+            )
         if self.answer_length < 1:
             raise ValueError(f"answer_length must be >= 1, got {self.answer_length}")
 
@@ -55,7 +57,7 @@ class Prophet(CommitPolicy):
         n_blocks = 1 if self.gen_length is None else self.gen_length // self.block_length
         return self.steps_per_block * n_blocks
 
-    def init_state(self, batch, width):
+    def init_state(self, batch, width, config=None):
         return dict(step=jnp.zeros((batch,), jnp.int32), fired=jnp.zeros((batch,), bool))
 
     def threshold(self, step):

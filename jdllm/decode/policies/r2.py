@@ -114,7 +114,9 @@ class R2(CommitPolicy):
         if self.temporal_mode not in ("last", "ave", "max"):
             raise ValueError(f"temporal_mode must be 'last', 'ave' or 'max', got {self.temporal_mode!r}")
         if self.cluster_mode not in (None, "confidence", "mid", "random"):
-            raise ValueError(f"token_cluster must be a bool or 'confidence' / 'mid' / 'random', got {self.token_cluster!r}")
+            raise ValueError(
+                f"token_cluster must be a bool or 'confidence' / 'mid' / 'random', got {self.token_cluster!r}"
+            )
         if self.window < 0 or self.cluster_size < 1 or self.temporal_steps < 0:
             raise ValueError("window, cluster_size and temporal_steps must be non-negative (cluster_size >= 1)")
 
@@ -134,7 +136,7 @@ class R2(CommitPolicy):
     def temporal_on(self) -> bool:
         return self.temporal_steps > 0 and self.temporal_score is not None
 
-    def init_state(self, batch, width):
+    def init_state(self, batch, width, config=None):
         return dict(
             count=jnp.zeros((batch, width), jnp.int32),
             total=jnp.zeros((batch, width), jnp.float32),

@@ -85,7 +85,7 @@ class TemporalSpatial(CommitPolicy):
         if min(self.q_level, self.q_slope) < 0 or self.obs_noise <= 0 or self.init_slope_var < 0:
             raise ValueError("noise variances must be non-negative (obs_noise > 0)")
 
-    def init_state(self, batch, width):
+    def init_state(self, batch, width, config=None):
         z = lambda dt=jnp.float32: jnp.zeros((batch, width), dt)  # noqa: E731
         return dict(token=jnp.full((batch, width), -1, jnp.int32), conf=z(), age=z(jnp.int32), level=z(),
                     slope=z(), p00=z(), p01=z(), p11=z())
@@ -124,14 +124,16 @@ class TemporalSpatial(CommitPolicy):
         new = {k: jnp.where(candidates, new[k], old[k]) for k in new}
 
         mu, sd = self.forecast(new)
-        lookahead = candidates & (new["age"] >= self.min_obs) & ~flip & (mu - self.kappa * sd >= math.log(self.tau / (1 - self.tau)))
+        target = math.log(self.tau / (1 - self.tau))
+        lookahead = candidates & (new["age"] >= self.min_obs) & ~flip & (mu - self.kappa * sd >= target)
         hold = cont & (nu * nu > self.hold_sigma ** 2 * s)
         if self.hold_on_flip:
             hold = hold | flip
         if self.controller is None:
             sensor = conf >= self.tau
         else:
-            sensor = self.controller(self.features(proposal, candidates, old, new, flip, cont, mu, sd)) >= self.controller_tau
+            feats = self.features(proposal, candidates, old, new, flip, cont, mu, sd)
+            sensor = self.controller(feats) >= self.controller_tau
         commit = candidates & (sensor | lookahead) & ~hold
         commit = fallback_top1(commit, conf, candidates)
         state = where_rows(live_rows(candidates), new, state)
