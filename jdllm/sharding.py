@@ -2,7 +2,9 @@
 
 Every array jdllm shards carries *logical* axis names (maxtext's scheme): parameters by their path
 (`param_logical_axes`), the canvas as ('batch', 'seq'), the KV cache as ('layers', 'batch', 'cache_seq',
-'kv_heads', 'head_dim'), window logits as ('batch', 'seq', 'vocab'). A `ShardingRules` table maps each logical
+'kv_heads', 'head_dim'), window logits as ('batch', 'seq', 'vocab'), the residual stream inside the model as
+('batch', 'seq', 'act_embed') (`constrain_activation`, active only during a sharded decode: without it FSDP
+would reshard activations instead of gathering weights). A `ShardingRules` table maps each logical
 name to a tuple of mesh axes of a `('data', 'fsdp', 'tensor')` mesh; swapping the table swaps the whole
 parallelism scheme:
 
@@ -26,9 +28,11 @@ gathered back with `to_host`. See docs/tpu.md.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +44,12 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical names used by jdllm arrays.
 LOGICAL_AXES = (
     "batch", "seq", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm", "layers", "cache_seq",
+    "act_embed",
 )
 KV_CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 CANVAS_AXES = ("batch", "seq")
 LOGITS_AXES = ("batch", "seq", "vocab")
+RESIDUAL_AXES = ("batch", "seq", "act_embed")  # the transformer's residual stream [B, Q, D]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,11 +341,33 @@ class ShardingPlan:
     def propose(self, logits, temperature, keys, mask_id):
         from jdllm.decode.proposal import propose, propose_sharded
 
-        batch = self.spec(("batch",))[0]
-        if self.size("vocab") == 1:
+        batch, _, vocab = self.spec(LOGITS_AXES, logits.shape, "window logits")
+        vocab = () if vocab is None else ((vocab,) if isinstance(vocab, str) else tuple(vocab))
+        if math.prod(self.mesh.shape[a] for a in vocab) == 1:
             logits = self.constrain(logits, LOGITS_AXES, "window logits")
             return propose(logits, temperature, keys, mask_id)
-        return propose_sharded(logits, temperature, keys, mask_id, self.mesh, batch, self.axes("vocab"))
+        return propose_sharded(logits, temperature, keys, mask_id, self.mesh, batch, vocab)
+
+
+_ACTIVE_PLAN: contextvars.ContextVar[ShardingPlan | None] = contextvars.ContextVar("jdllm_sharding_plan", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(plan: ShardingPlan | None):
+    """While tracing under this context, `constrain_activation` pins activations by `plan` (None: no-op)."""
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _ACTIVE_PLAN.reset(token)
+
+
+def constrain_activation(x, logical):
+    """`with_sharding_constraint` by the active plan's rules; the identity when no plan is active (one device),
+    so single-device programs are unchanged. Pins e.g. the residual stream to ('batch', 'seq', 'act_embed'),
+    which makes FSDP gather weights rather than reshard activations."""
+    plan = _ACTIVE_PLAN.get()
+    return x if plan is None else plan.constrain(x, logical, "activation")
 
 
 def plan_for(params, mesh: Mesh | None, rules: ShardingRules | str | None, model_rules=None) -> ShardingPlan | None:
@@ -370,7 +398,7 @@ def initialize_distributed(**kwargs) -> None:
 
 def process_rows(n_rows: int, mesh: Mesh, rules: ShardingRules | str | None = None) -> slice:
     """The contiguous rows of a global [n_rows, ...] batch that this process's devices hold under `rules`."""
-    sharding = NamedSharding(mesh, get_rules(rules).spec(("batch",), (n_rows,), mesh, what="batch"))
+    sharding = NamedSharding(mesh, get_rules(rules).spec(("batch",), (n_rows,), mesh, what=f"batch of {n_rows} rows"))
     idx = sharding.addressable_devices_indices_map((n_rows,))
     starts = sorted({(s[0].start or 0, n_rows if s[0].stop is None else s[0].stop) for s in idx.values()})
     lo, hi = starts[0][0], max(h for _, h in starts)
@@ -410,9 +438,9 @@ def to_host(x) -> np.ndarray:
 
 
 __all__ = [
-    "MESH_AXES", "LOGICAL_AXES", "KV_CACHE_AXES", "CANVAS_AXES", "LOGITS_AXES", "ShardingRules", "ShardingPlan",
-    "TENSOR_PARALLEL", "DATA_PARALLEL", "FSDP", "PRESETS", "DEFAULT_RULES", "get_rules", "make_mesh", "mesh_of",
-    "param_logical_axes", "param_sharding", "param_shardings", "check_model", "shard_params", "shard_model",
-    "hf_placer", "plan_for", "initialize_distributed", "process_rows", "local_prompts", "global_batch_array",
-    "to_host",
+    "MESH_AXES", "LOGICAL_AXES", "KV_CACHE_AXES", "CANVAS_AXES", "LOGITS_AXES", "RESIDUAL_AXES", "ShardingRules",
+    "ShardingPlan", "TENSOR_PARALLEL", "DATA_PARALLEL", "FSDP", "PRESETS", "DEFAULT_RULES", "get_rules", "make_mesh",
+    "mesh_of", "param_logical_axes", "param_sharding", "param_shardings", "check_model", "shard_params",
+    "shard_model", "hf_placer", "plan_for", "activation_sharding", "constrain_activation", "initialize_distributed",
+    "process_rows", "local_prompts", "global_batch_array", "to_host",
 ]

@@ -34,8 +34,8 @@ from jdllm.train.diffusion import (  # noqa: E402
     TrainConfig, default_tokenizer, evaluate, export_llada, load_llada_export, param_count, problems_to_sft, train)
 
 DEFAULT_OUT = os.path.join(ROOT, "jdllm", "assets", "models", "arith-llada-tiny")
-PROMPT_LEN = 80  # question (<= 79 characters) + newline, left-padded
-GEN_LEN = 64  # two blocks of 32; the longest answer is 34 characters + EOS padding
+PROMPT_LEN = 40  # question (<= 36 tokens with the word-augmented tokenizer) + newline, left-padded
+GEN_LEN = 64  # two blocks of 32; the longest answer is 37 characters + EOS padding
 
 
 def parse_args(argv=None):
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt-dir", default=os.path.join(ROOT, "runs", "arith-llada-tiny", "ckpt"))
     ap.add_argument("--fresh", action="store_true", help="delete --ckpt-dir first instead of resuming")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=50)
@@ -59,6 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick-eval-n", type=int, default=32)
     ap.add_argument("--ckpt-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--skip-library-eval", action="store_true", help="skip the jdllm.generate confirmation")
     ap.add_argument("--notes", default="", help="text appended to the model card (e.g. what was tried)")
     return ap.parse_args(argv)
 
@@ -93,15 +94,20 @@ def main(argv=None):
 
     result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=quick_eval if args.eval_every else None,
                    callback_every=args.eval_every)
-    train_seconds_this_run = result.seconds
-    meta_path = os.path.join(args.ckpt_dir, "wall_time.json")
-    prior = {}
+    # Wall time and loss history live beside the checkpoints, so a resumed run reports the whole training.
+    meta_path = os.path.join(args.ckpt_dir, "train_meta.json")
+    meta = {"seconds": 0.0, "history": []}
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            prior = json.load(f)
-    total_seconds = prior.get("seconds", 0.0) + train_seconds_this_run
+            meta = json.load(f)
+    done_steps = {h["step"] for h in meta["history"]}
+    meta["history"] += [h for h in result.history if h["step"] not in done_steps]
+    meta["history"].sort(key=lambda h: h["step"])
+    meta["seconds"] += result.seconds if result.history else 0.0
     with open(meta_path, "w") as f:
-        json.dump({"seconds": total_seconds}, f)
+        json.dump(meta, f, indent=1)
+    history, total_seconds = meta["history"], meta["seconds"]
+    final_loss = history[-1]["loss"] if history else float("nan")
 
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "prompt_template": "{question}\n", "max_prompt_length": PROMPT_LEN,
@@ -116,17 +122,44 @@ def main(argv=None):
     n_params = param_count(model)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 2**20
     print(f"held-out accuracy {acc:.4f} on {len(test_problems)} problems ({eval_seconds:.0f}s); "
-          f"final loss {result.loss:.4f}; {n_params} parameters, {size_mb:.2f} MiB", flush=True)
+          f"final loss {final_loss:.4f}; {n_params} parameters, {size_mb:.2f} MiB", flush=True)
+    lib_acc = None if args.skip_library_eval else library_accuracy(args.out, test_problems)
     examples = [(p.question, pr, p.answer) for p, pr in zip(test_problems[:5], preds[:5])]
-    write_card(args, cfg, tc, result, acc, len(test_problems), n_params, size_mb, total_seconds, eval_seconds,
-               examples)
+    write_card(args, cfg, tc, history, final_loss, acc, lib_acc, len(test_problems), n_params, size_mb,
+               total_seconds, eval_seconds, examples)
     return acc
 
 
-def write_card(args, cfg, tc, result, acc, n_eval, n_params, size_mb, train_seconds, eval_seconds, examples):
-    cmd = "python scripts/train_shipped_model.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+def library_accuracy(out_dir: str, problems, batch_size: int = 100):
+    """The same accuracy through the library's public path: `jdllm.shipped.load_bundle` (i.e. `jdllm.load` of
+    the HF directory + its tokenizer and generation_config) and `jdllm.generate` (LLaDA low-confidence,
+    semi-AR); None when the library has no such path."""
+    try:
+        import jdllm
+        from jdllm.shipped import load_bundle
+    except ImportError:
+        return None
+    t = time.time()
+    bundle = load_bundle(out_dir)
+    right = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start: start + batch_size]
+        prompts = [bundle.encode_prompt(p.question) for p in chunk]
+        out = jdllm.generate(bundle.model, prompts, gen_length=bundle.gen_length, block_length=bundle.block_length,
+                             steps=bundle.gen_length, remasking="low_confidence", temperature=0.0,
+                             prompt_length=PROMPT_LEN)
+        right += sum(arithmetic.score(bundle.decode_answer(row), p.answer) for row, p in zip(out.tokens, chunk))
+    acc = right / len(problems)
+    print(f"jdllm.generate: held-out accuracy {acc:.4f} on {len(problems)} problems ({time.time() - t:.0f}s)",
+          flush=True)
+    return acc
+
+
+def write_card(args, cfg, tc, history, final_loss, acc, lib_acc, n_eval, n_params, size_mb, train_seconds,
+               eval_seconds, examples):
+    cmd = "python scripts/train_shipped_model.py --fresh"
     hist = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {h['masked_acc']:.3f} | "
-                     f"{h.get('quick_acc', float('nan')):.3f} | {h['seconds']:.0f} |" for h in result.history)
+                     f"{_fmt(h.get('quick_acc'))} | {h['seconds']:.0f} |" for h in history)
     ex = "\n".join(f"- Q: `{q}`\n  - generated: `{pr}` (gold {a})" for q, pr, a in examples)
     card = f"""# arith-llada-tiny
 
@@ -141,7 +174,10 @@ to decode on a laptop CPU, and accurate enough that decoding strategies can be c
   vanilla LLaDA decoding: greedy, low-confidence remasking, semi-autoregressive blocks of 32,
   `gen_length={GEN_LEN}`, `steps={GEN_LEN}` (one token per step). Measured on the exported files by
   `jdllm.train.diffusion.evaluate` ({eval_seconds:.0f} s).
-- Final training loss (mean of the last {tc.log_every} steps): {result.loss:.4f}
+- Confirmed through the library (`jdllm.shipped.load_bundle` + `jdllm.generate(..., gen_length={GEN_LEN},
+  block_length=32, steps={GEN_LEN}, remasking="low_confidence", temperature=0.0)`): {_pct(lib_acc)} on the same
+  problems.
+- Final training loss (mean of the last {tc.log_every} steps): {final_loss:.4f}
 - Training wall time: {train_seconds / 60:.1f} min on {platform.processor() or platform.machine()} CPU
   ({os.cpu_count()} cores, shared), jax {jax.__version__}.
 
@@ -154,7 +190,7 @@ Seed {tc.seed}; fixed data (`make_problems({args.train_pool}, "train", seed={arg
 
 ## Prompt format and decoding
 - Prompt: the question followed by one newline (`jdllm.tasks.format_prompt(question)` = `question + "\\n"`),
-  encoded with the character-level `tokenizer.json` of this folder, no BOS. Questions are at most 79 characters
+  encoded with the `tokenizer.json` of this folder, no BOS. Questions are at most 95 characters / 36 tokens
   (prompt region {PROMPT_LEN} tokens in training, left-padded with `<|pad|>` under attention mask False, positions
   `cumsum(mask) - 1`).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
@@ -166,7 +202,9 @@ Seed {tc.seed}; fixed data (`make_problems({args.train_pool}, "train", seed={arg
 LLaDA layout (`block_type: llama`): pre-RMSNorm blocks, rotary positions (theta {cfg.rope_theta}), multi-head
 bidirectional attention, SwiGLU MLP, untied LM head.
 d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads (head dim {cfg.head_dim}), MLP hidden
-{cfg.mlp_hidden_size}, vocabulary {cfg.vocab_size} (5 special tokens + printable ASCII and newline),
+{cfg.mlp_hidden_size}, vocabulary {cfg.vocab_size} (5 special tokens, printable ASCII and newline as single
+characters, and the task's {len(arithmetic.vocabulary_words())} words as whole-word tokens, each with and without
+a leading space; digits, operators and spaces before numbers stay single characters),
 {n_params:,} parameters, float32, `model.safetensors` {size_mb:.2f} MiB.
 
 ## Training
@@ -192,6 +230,14 @@ LLaDA-Instruct SFT). AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay {tc.weight_deca
 """
     with open(os.path.join(args.out, "MODEL_CARD.md"), "w") as f:
         f.write(card)
+
+
+def _fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _pct(x):
+    return "not run" if x is None else f"**{x * 100:.1f}%**"
 
 
 def _task_summary() -> str:

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 import jdllm
-from tests.helpers import BATCH_BLOCK, BATCH_GEN, BATCH_PROMPTS, BATCH_TOPK_STEPS, FAMILIES, RULES, ref_kwargs, rule_steps
+from tests.helpers import (
+    BATCH_BLOCK,
+    BATCH_GEN,
+    BATCH_PROMPTS,
+    BATCH_TOPK_STEPS,
+    FAMILIES,
+    RULES,
+    ref_kwargs,
+    rule_steps,
+)
 from tests.reference import fastdllm_generate
 
 CACHES = [None, "prefix", "dual"]

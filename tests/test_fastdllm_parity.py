@@ -59,12 +59,14 @@ def test_fastdllm_matches_reference(family, cache, rule, jd_models, ref_models):
 
 # edge cases: prompt of one token (Dream's extra query row is row 0), one-token blocks, steps > gen_length with a
 # cache (zero quotas after the block is done), a left-padded batch mixing a 1-token and an 11-token prompt
+_slow = pytest.mark.slow
 EDGE = [
-    pytest.param([make_prompt(9, 1), make_prompt(10, 11)], 16, 8, 2, dict(threshold=0.9, cache="dual"), id="pad-1-11-dual"),
-    pytest.param([make_prompt(7, 1)], 8, 8, 8, dict(threshold=0.9, cache="prefix"), id="len1-prefix", marks=pytest.mark.slow),
-    pytest.param([make_prompt(8, 5)], 4, 1, 4, dict(cache="dual"), id="block1-dual", marks=pytest.mark.slow),
-    pytest.param([make_prompt(8, 5)], 16, 8, 32, dict(cache="prefix"), id="steps>gen-prefix", marks=pytest.mark.slow),
-    pytest.param([make_prompt(8, 5)], 16, 8, 32, dict(cache="dual"), id="steps>gen-dual", marks=pytest.mark.slow),
+    pytest.param([make_prompt(9, 1), make_prompt(10, 11)], 16, 8, 2, dict(threshold=0.9, cache="dual"),
+                 id="pad-1-11-dual"),
+    pytest.param([make_prompt(7, 1)], 8, 8, 8, dict(threshold=0.9, cache="prefix"), id="len1-prefix", marks=_slow),
+    pytest.param([make_prompt(8, 5)], 4, 1, 4, dict(cache="dual"), id="block1-dual", marks=_slow),
+    pytest.param([make_prompt(8, 5)], 16, 8, 32, dict(cache="prefix"), id="steps>gen-prefix", marks=_slow),
+    pytest.param([make_prompt(8, 5)], 16, 8, 32, dict(cache="dual"), id="steps>gen-dual", marks=_slow),
 ]
 
 

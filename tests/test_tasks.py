@@ -110,3 +110,24 @@ def test_unknown_characters_map_to_unk():
     assert ids[1] == tok.hf.token_to_id("<|unk|>")
     with pytest.raises(ValueError):
         build_char_tokenizer("a", specials=("a",))
+
+
+def test_word_augmented_tokenizer_round_trips_and_shortens():
+    from jdllm.train.diffusion import default_tokenizer
+
+    tok = default_tokenizer()  # the shipped model's: characters + the task's words as whole-word tokens
+    assert (tok.pad_id, tok.eos_id, tok.mask_id) == (0, 1, 2)
+    for p in make_problems(200, "train", seed=2):
+        text = format_prompt(p.question)
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert len(ids) <= 36 and len(ids) < len(text) / 2
+        assert tok.encode(p.answer_text) == build_char_tokenizer(arithmetic.alphabet()).encode(p.answer_text)
+    # words match only whole words; everything else falls back to characters and still round-trips
+    for text in ("Tomato has 3 hashes.", "A  box has", "apples.Tom", "xTom Tomx", " has  has\n", "How many?"):
+        assert tok.decode(tok.encode(text)) == text
+    assert [tok.hf.id_to_token(i) for i in tok.encode("Tom has 12 apples.")] == [
+        "Tom", " has", " ", "1", "2", " apples", "."]
+    assert [tok.hf.id_to_token(i) for i in tok.encode("Tomato")] == list("Tomato")
+    with pytest.raises(ValueError):
+        build_char_tokenizer("abc", words=("a-b",))

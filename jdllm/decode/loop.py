@@ -23,6 +23,7 @@ from jdllm.decode.policies.base import CommitPolicy, StepContext
 from jdllm.decode.proposal import propose
 from jdllm.decode.schedules.semi_ar import SemiAutoregressive
 from jdllm.models.transformer import Transformer, positions_from_mask
+from jdllm.sharding import activation_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,11 @@ def _constrain(spec: DecodeSpec, st: DecodeState) -> DecodeState:
 
 def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: jax.Array, st: DecodeState) -> DecodeState:
     """One denoising iteration for every row: forward (per the cache strategy), propose, commit, advance."""
+    with activation_sharding(spec.sharding):  # model activations pinned by the plan's rules (no-op: one device)
+        return _decode_step(spec, model, canvas, row_keys, st)
+
+
+def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: jax.Array, st: DecodeState) -> DecodeState:
     sched, width, mask_id = spec.schedule, spec.schedule.width, model.config.mask_id
     canvas = canvas.replace_tokens(st.tokens)
     start = canvas.prompt_len + sched.window_offset(st.block)

@@ -21,6 +21,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.models.config import ModelConfig
+from jdllm.sharding import RESIDUAL_AXES, constrain_activation
 
 KV = tuple[Float[Array, "B T Hkv Dh"], Float[Array, "B T Hkv Dh"]]
 KVMerge = Callable[[int, jax.Array, jax.Array], KV]
@@ -142,10 +143,11 @@ class Transformer(nnx.Module):
     ) -> tuple[Float[Array, "B Q D"], list[KV]]:
         """Embeddings and all blocks for the query tokens; returns final hidden states (before `ln_f`) and,
         per layer, the full-length K/V the queries attended to."""
-        x = jnp.take(self.wte[...], tokens, axis=0)
+        x = constrain_activation(jnp.take(self.wte[...], tokens, axis=0), RESIDUAL_AXES)  # no-op on one device
         kvs = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, positions, key_valid, lambda k, v, i=i: kv_merge(i, k, v))
+            x = constrain_activation(x, RESIDUAL_AXES)
             kvs.append(kv)
         return x, kvs
 

@@ -42,7 +42,7 @@ CONTAINER_SUB = ("takes out {n}", "removes {n}")
 START_RANGE = (2, 20)
 OPERAND_RANGE = (1, 20)
 N_OPS = (2, 3)
-MAX_QUESTION_CHARS = 79  # longer renderings are re-drawn: the prompt (question + newline) fits 80 tokens
+MAX_QUESTION_CHARS = 95  # longer renderings are re-drawn
 TEST_BUCKETS = 10  # 1 in 10 canonical problems is held out
 
 ANSWER_MARK = "####"
@@ -186,6 +186,16 @@ def score(pred_text: str, gold: str) -> bool:
         return float(pred) == float(gold_ans)
     except ValueError:
         return pred == gold_ans
+
+
+def vocabulary_words() -> list[str]:
+    """Every alphabetic word the question templates use (the shipped tokenizer's whole-word tokens)."""
+    texts = list(NAMES_HE + NAMES_SHE + OBJECTS + CONTAINERS + OWNER_ADD + OWNER_SUB + CONTAINER_ADD + CONTAINER_SUB)
+    texts += ["He She he she Then then and has have does How many are in the it now A"]
+    words = set()
+    for t in texts:
+        words.update(re.findall(r"[A-Za-z]+", t))
+    return sorted(words)
 
 
 def alphabet() -> str:

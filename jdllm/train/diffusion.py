@@ -381,10 +381,11 @@ def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 
 
 
 def default_tokenizer() -> Tokenizer:
-    """The character-level tokenizer of the shipped arithmetic model."""
-    from jdllm.tasks.arithmetic import alphabet
+    """The tokenizer of the shipped arithmetic model: characters (printable ASCII + newline) plus the task's
+    words as whole-word tokens."""
+    from jdllm.tasks.arithmetic import alphabet, vocabulary_words
 
-    return build_char_tokenizer(alphabet())
+    return build_char_tokenizer(alphabet(), words=vocabulary_words())
 
 
 # ======================================================================================================= export
@@ -466,17 +467,30 @@ def _fallback_names(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
 
 def export_llada(model: Transformer, tokenizer: Tokenizer, out_dir: str, extra_config: dict | None = None,
                  generation_config: dict | None = None) -> None:
-    """Write `config.json`, `model.safetensors` (LLaDA names, float32) and `tokenizer.json` into `out_dir`."""
+    """Write `config.json`, `model.safetensors` (LLaDA names, torch layout), `tokenizer.json` and (optionally)
+    `generation_config.json` into `out_dir`. Uses the library's `jdllm.weights.hf.save_hf` when present."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(llada_config_dict(model.config, **(extra_config or {})), f, indent=2)
-        f.write("\n")
-    tensors = llada_tensors(model)
     try:
-        from jdllm.weights.safetensors_io import save_file
-    except Exception:  # pragma: no cover
-        from safetensors.numpy import save_file
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+        from jdllm.weights.hf import save_hf
+    except ImportError:  # pragma: no cover - standalone fallback
+        save_hf = None
+    if save_hf is not None:
+        save_hf(model, out_dir)
+        with open(os.path.join(out_dir, "config.json")) as f:
+            conf = json.load(f)
+        for key, value in llada_config_dict(model.config).items():
+            conf.setdefault(key, value)
+        conf.update(extra_config or {})
+    else:  # pragma: no cover
+        conf = llada_config_dict(model.config, **(extra_config or {}))
+        try:
+            from jdllm.weights.safetensors_io import save_file
+        except ImportError:
+            from safetensors.numpy import save_file
+        save_file(llada_tensors(model), os.path.join(out_dir, "model.safetensors"))
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(conf, f, indent=2)
+        f.write("\n")
     tokenizer.save(out_dir)
     if generation_config is not None:
         with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
