@@ -7,7 +7,7 @@ final GSM8K-style line::
     question: "Tom has 12 apples. He buys 7 more and gives 5 away. How many apples does Tom have now?"
     answer:   "12+7=19. 19-5=14. #### 14"
 
-Numbers are small (start 2..20, operands 1..20, every intermediate >= 0, so results stay below 81) for a tiny
+Numbers are small (start 2..20, operands 1..10, every intermediate >= 0, so results stay at most 50) for a tiny
 character-level model to learn the facts, yet each step reads the previous step's result, so the final answer
 depends on intermediate results and decoding order matters.
 
@@ -40,7 +40,7 @@ CONTAINER_ADD = ("puts in {n}", "adds {n}")
 CONTAINER_SUB = ("takes out {n}", "removes {n}")
 
 START_RANGE = (2, 20)
-OPERAND_RANGE = (1, 20)
+OPERAND_RANGE = (1, 10)
 N_OPS = (2, 3)
 MAX_QUESTION_CHARS = 95  # longer renderings are re-drawn
 TEST_BUCKETS = 10  # 1 in 10 canonical problems is held out
