@@ -84,7 +84,8 @@ def cmd_bench(args) -> int:
 def cmd_train(args) -> int:
     from jdllm.train.shipped import main as train_main
 
-    return train_main(args.rest)
+    train_main(args.rest)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

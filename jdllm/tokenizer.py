@@ -113,11 +113,13 @@ class Tokenizer:
 
 
 def build_char_tokenizer(alphabet: str, specials: Sequence[str] = CHAR_SPECIALS,
-                         words: Sequence[str] = ()) -> Tokenizer:
+                         words: Sequence[str] = (), number_tokens: int = 0) -> Tokenizer:
     """A character-level tokenizer: ids 0.. are `specials` (pad, eos, mask, unk, bos), then one id per character
     of `alphabet` in the given order, then (optional) whole-word tokens: for each of `words` the word itself and
     the word with one leading space (" apples"), matched greedily (longest first, on word boundaries) before
-    single characters. Unknown characters encode to `<|unk|>`. Decoding concatenates tokens, so
+    single characters. `number_tokens=N` (N <= 100) adds the numbers 10..N-1 as single tokens: a run of one or
+    two digits that is not part of a longer digit run becomes one token ("12" -> "12"), longer numbers stay
+    digit by digit. Unknown characters encode to `<|unk|>`. Decoding concatenates tokens, so
     `decode(encode(text)) == text` for every text over the alphabet."""
     chars = list(dict.fromkeys(alphabet))
     clash = set(chars) & set(specials)
@@ -130,14 +132,21 @@ def build_char_tokenizer(alphabet: str, specials: Sequence[str] = CHAR_SPECIALS,
         if not set(w) <= set(chars):
             raise ValueError(f"word {w!r} has characters outside the alphabet")
     word_tokens = [t for w in word_list for t in (w, " " + w)]
-    vocab = {tok: i for i, tok in enumerate(list(specials) + chars + word_tokens)}
+    if not 0 <= number_tokens <= 100:
+        raise ValueError(f"number_tokens must be in [0, 100], got {number_tokens}")
+    if number_tokens and not set("0123456789") <= set(chars):
+        raise ValueError("number tokens need the digits in the alphabet")
+    num_tokens = [str(n) for n in range(10, number_tokens)]
+    vocab = {tok: i for i, tok in enumerate(list(specials) + chars + word_tokens + num_tokens)}
     hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+    parts = []
     if word_list:
         alternation = "|".join(re.escape(w) for w in sorted(word_list, key=lambda w: (-len(w), w)))
         words_re = rf"(?:{alternation})(?![A-Za-z])"
-        pattern = rf" {words_re}|(?<![A-Za-z]){words_re}|[\s\S]"
-    else:
-        pattern = r"[\s\S]"
+        parts += [rf" {words_re}", rf"(?<![A-Za-z]){words_re}"]
+    if num_tokens:
+        parts.append(r"(?<![0-9])[1-9][0-9](?![0-9])")
+    pattern = "|".join(parts + [r"[\s\S]"])
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     hf.decoder = decoders.Fuse()
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])

@@ -115,19 +115,31 @@ def test_unknown_characters_map_to_unk():
 def test_word_augmented_tokenizer_round_trips_and_shortens():
     from jdllm.train.diffusion import default_tokenizer
 
-    tok = default_tokenizer()  # the shipped model's: characters + the task's words as whole-word tokens
+    tok = default_tokenizer()  # the shipped model's: characters + the task's words + numbers 10..99 as tokens
     assert (tok.pad_id, tok.eos_id, tok.mask_id) == (0, 1, 2)
     for p in make_problems(200, "train", seed=2):
         text = format_prompt(p.question)
         ids = tok.encode(text)
         assert tok.decode(ids) == text
-        assert len(ids) <= 36 and len(ids) < len(text) / 2
-        assert tok.encode(p.answer_text) == build_char_tokenizer(arithmetic.alphabet()).encode(p.answer_text)
+        assert len(ids) <= 31 and len(ids) < len(text) / 2
+        plain = build_char_tokenizer(arithmetic.alphabet(), number_tokens=100)  # answers use no word tokens
+        assert [tok.hf.id_to_token(i) for i in tok.encode(p.answer_text)] == [
+            plain.hf.id_to_token(i) for i in plain.encode(p.answer_text)]
     # words match only whole words; everything else falls back to characters and still round-trips
-    for text in ("Tomato has 3 hashes.", "A  box has", "apples.Tom", "xTom Tomx", " has  has\n", "How many?"):
+    for text in ("Tomato has 3 hashes.", "A  box has", "apples.Tom", "xTom Tomx", " has  has\n", "How many?",
+                 "123 4567 05 99 100 x12y"):
         assert tok.decode(tok.encode(text)) == text
     assert [tok.hf.id_to_token(i) for i in tok.encode("Tom has 12 apples.")] == [
-        "Tom", " has", " ", "1", "2", " apples", "."]
+        "Tom", " has", " ", "12", " apples", "."]
     assert [tok.hf.id_to_token(i) for i in tok.encode("Tomato")] == list("Tomato")
     with pytest.raises(ValueError):
         build_char_tokenizer("abc", words=("a-b",))
+
+
+def test_number_tokens_option():
+    tok = build_char_tokenizer(arithmetic.alphabet(), number_tokens=100)
+    assert tok.vocab_size == 5 + len(arithmetic.alphabet()) + 90
+    assert [tok.hf.id_to_token(i) for i in tok.encode("12+7=19. 123 05")] == [
+        "12", "+", "7", "=", "19", ".", " ", "1", "2", "3", " ", "0", "5"]
+    for text in ("12+7=19. 19-5=14. #### 14", "x12y 100 99", "007"):
+        assert tok.decode(tok.encode(text)) == text

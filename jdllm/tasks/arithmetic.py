@@ -4,7 +4,7 @@ A problem starts from a quantity and applies 2 or 3 additions / subtractions, ea
 more", "gives 5 away", "takes out 4"). The answer is a short chain of thought, one equation per step, and a
 final GSM8K-style line::
 
-    question: "Tom has 12 apples. He buys 7 more and gives 5 away. How many apples does Tom have now?"
+    question: "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
     answer:   "12+7=19. 19-5=14. #### 14"
 
 Numbers are small (start 2..20, operands 1..10, every intermediate >= 0, so results stay at most 50) for a tiny
@@ -31,6 +31,8 @@ NAMES_SHE = ("Ann", "Mia", "Eva", "Zoe", "Ivy", "Amy", "Lily", "Kate")
 OBJECTS = ("apples", "pens", "cards", "coins", "eggs", "books", "shells", "stamps", "marbles", "cookies",
            "rocks", "toys")
 CONTAINERS = ("box", "bag", "jar", "basket")
+ADD_VERBS = ("buys", "finds", "gets", "wins")
+SUB_VERBS = ("loses", "sells", "uses", "drops")
 
 # Owner scenario ("Tom has 12 apples."): verb phrases per operation, `{n}` is the operand.
 OWNER_ADD = ("buys {n} more", "finds {n} more", "gets {n}", "wins {n}")
@@ -101,30 +103,17 @@ def _join_clauses(clauses: list[str]) -> str:
 
 
 def _render(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
+    """One sentence per step, one verb per operation: "Tom has 12 apples. He buys 7. Then he loses 5. How many
+    apples does Tom have?". Every slot is a single token of the shipped tokenizer (names, objects, verbs and
+    numbers 0..99), so a problem with k steps always has the same token layout: a tiny model can learn to copy
+    operands by position within a CPU training budget; the arithmetic and the order of steps remain to be done."""
     he = rng.random() < 0.5
     name = rng.choice(NAMES_HE if he else NAMES_SHE)
     pron = "He" if he else "She"
     obj = rng.choice(OBJECTS)
-    if rng.random() < 0.6:  # owner scenario
-        opening = f"{name} has {start} {obj}."
-        add, sub, subject = OWNER_ADD, OWNER_SUB, pron
-        question = rng.choice((f"How many {obj} does {name} have?", f"How many {obj} does {pron.lower()} have?",
-                               f"How many does {pron.lower()} have now?"))
-    else:  # container scenario
-        box = rng.choice(CONTAINERS)
-        opening = f"A {box} has {start} {obj}."
-        add, sub, subject = CONTAINER_ADD, CONTAINER_SUB, name
-        question = rng.choice((f"How many {obj} are in the {box}?", f"How many {obj} are in it now?",
-                               f"How many are in the {box} now?"))
-    clauses = [rng.choice(add if op == "+" else sub).format(n=n) for op, n in ops]
-    if rng.random() < 0.5:  # one sentence: "He buys 7 more, loses 2 and gives 5 away."
-        body = f"{subject} {_join_clauses(clauses)}."
-    else:  # one sentence per step: "He buys 7 more. Then he gives 5 away."
-        first_subject = subject
-        later = "then " + (subject.lower() if subject in ("He", "She") else subject)
-        sentences = [f"{first_subject} {clauses[0]}."] + [f"{later[0].upper() + later[1:]} {c}." for c in clauses[1:]]
-        body = " ".join(sentences)
-    return f"{opening} {body} {question}"
+    verbs = [rng.choice(ADD_VERBS if op == "+" else SUB_VERBS) for op, _ in ops]
+    steps = [f"{pron} {verbs[0]} {ops[0][1]}."] + [f"Then {pron.lower()} {v} {n}." for v, (_, n) in zip(verbs[1:], ops[1:])]
+    return f"{name} has {start} {obj}. {' '.join(steps)} How many {obj} does {name} have?"
 
 
 def make_problem(rng: random.Random) -> tuple[Problem, str]:
@@ -190,7 +179,8 @@ def score(pred_text: str, gold: str) -> bool:
 
 def vocabulary_words() -> list[str]:
     """Every alphabetic word the question templates use (the shipped tokenizer's whole-word tokens)."""
-    texts = list(NAMES_HE + NAMES_SHE + OBJECTS + CONTAINERS + OWNER_ADD + OWNER_SUB + CONTAINER_ADD + CONTAINER_SUB)
+    texts = list(NAMES_HE + NAMES_SHE + OBJECTS + CONTAINERS + OWNER_ADD + OWNER_SUB + CONTAINER_ADD + CONTAINER_SUB
+                 + ADD_VERBS + SUB_VERBS)
     texts += ["He She he she Then then and has have does How many are in the it now A"]
     words = set()
     for t in texts:
