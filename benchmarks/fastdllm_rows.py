@@ -92,7 +92,7 @@ def main() -> None:
                   for k, v in vars(args).items() if v is not None)}
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(report, f, indent=2, default=repr)
         print(f"wrote {args.out}")
 
 

@@ -192,7 +192,7 @@ def run_bench_cli(args) -> int:
     print(format_table(report))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(report, f, indent=2, default=repr)  # policy objects are written as their repr
         print(f"wrote {args.out}")
     if args.plot:
         plot_pareto(report, args.plot)
