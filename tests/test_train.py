@@ -10,8 +10,9 @@ from flax import nnx
 from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
 from jdllm.tasks import make_problems
+from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
-    TrainConfig, batch_indices, default_tokenizer, diffusion_loss, evaluate, export_llada, load_llada_export,
+    TrainConfig, batch_indices, default_tokenizer, diffusion_loss, evaluate, export_llada,
     make_greedy_sampler, problems_to_sft, train, transfer_schedule)
 
 P, G = 96, 64
@@ -135,7 +136,7 @@ def test_export_is_llada_layout_and_round_trips(tok, tmp_path):
     assert tensors["model.transformer.ff_out.weight"].shape == (cfg.vocab_size, 32)  # torch [out, in]
     assert tensors["model.transformer.blocks.1.ff_proj.weight"].shape == (64, 32)
     assert len(tensors) == 3 + 9 * 2
-    back = load_llada_export(str(tmp_path))
+    back = load_hf(str(tmp_path))
     x = np.asarray([tok.encode("12+7=19. #### 19")], np.int32)
     np.testing.assert_allclose(np.asarray(back(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
     assert (tmp_path / "tokenizer.json").exists()

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
 from jdllm.tasks.arithmetic import Problem, format_prompt, score
 from jdllm.tokenizer import Tokenizer, build_char_tokenizer
+from jdllm.weights.hf import save_hf
 
 
 # ======================================================================================================= config
@@ -422,147 +423,24 @@ def default_tokenizer() -> Tokenizer:
 
 
 # ======================================================================================================= export
-def llada_config_dict(cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
-    """An HF LLaDA `config.json` (the keys of GSAI-ML/LLaDA-8B's config) for `cfg`."""
-    out = {
-        "architectures": ["LLaDAModelLM"],
-        "model_type": "llada",
-        "d_model": cfg.d_model,
-        "n_heads": cfg.n_heads,
-        "n_kv_heads": cfg.n_kv_heads,
-        "n_layers": cfg.n_layers,
-        "mlp_hidden_size": cfg.mlp_hidden_size,
-        "mlp_ratio": cfg.mlp_hidden_size / cfg.d_model,
-        "rope": True,
-        "rope_theta": cfg.rope_theta,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "layer_norm_type": "rms",
-        "vocab_size": cfg.vocab_size,
-        "embedding_size": cfg.vocab_size,
-        "max_sequence_length": cfg.max_seq_len,
-        "mask_token_id": cfg.mask_id,
-        "eos_token_id": cfg.eos_id,
-        "pad_token_id": cfg.pad_id,
-        "weight_tying": cfg.tie_embeddings,
-        "include_bias": False,
-        "include_qkv_bias": cfg.qkv_bias,
-        "block_type": "llama",
-        "activation_type": "silu",
-        "alibi": False,
-        "scale_logits": False,
-        "input_emb_norm": False,
-        "attention_layer_norm": False,
-        "torch_dtype": cfg.dtype,
-        "use_cache": False,
-    }
-    out.update(extra)
-    return out
-
-
-def llada_tensors(model: Transformer) -> dict[str, np.ndarray]:
-    """Parameters of `model` under LLaDA's HF tensor names, torch layout (Linear weights [out, in])."""
-    cfg = model.config
-    _, state = nnx.split(model)
-    flat = {".".join(str(k) for k in path): np.asarray(v) for path, v in _flatten(nnx.to_pure_dict(state))}
-    try:
-        from jdllm.weights.keymaps import expected_names
-
-        names = expected_names(cfg)
-    except Exception:  # pragma: no cover - fallback if the keymap module changes
-        names = _fallback_names(cfg)
-    out = {}
-    for hf_name, (path, transform) in names.items():
-        arr = flat.pop(path)
-        out[hf_name] = np.ascontiguousarray(arr.T if transform == "T" else arr)
-    if flat:
-        raise ValueError(f"parameters with no LLaDA name: {sorted(flat)}")
-    return out
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, tree
-
-
-def _fallback_names(cfg: ModelConfig) -> dict[str, tuple[str, str]]:
-    names = {"model.transformer.wte.weight": ("wte", "id"), "model.transformer.ln_f.weight": ("ln_f.weight", "id"),
-             "model.transformer.ff_out.weight": ("ff_out.kernel", "T")}
-    for i in range(cfg.n_layers):
-        for n in ("attn_norm", "ff_norm"):
-            names[f"model.transformer.blocks.{i}.{n}.weight"] = (f"blocks.{i}.{n}.weight", "id")
-        for n in ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"):
-            names[f"model.transformer.blocks.{i}.{n}.weight"] = (f"blocks.{i}.{n}.kernel", "T")
-    return names
-
-
 def export_llada(model: Transformer, tokenizer: Tokenizer, out_dir: str, extra_config: dict | None = None,
                  generation_config: dict | None = None) -> None:
-    """Write `config.json`, `model.safetensors` (LLaDA names, torch layout), `tokenizer.json` and (optionally)
-    `generation_config.json` into `out_dir`. Uses the library's `jdllm.weights.hf.save_hf` when present."""
-    os.makedirs(out_dir, exist_ok=True)
-    try:
-        from jdllm.weights.hf import save_hf
-    except ImportError:  # pragma: no cover - standalone fallback
-        save_hf = None
-    if save_hf is not None:
-        save_hf(model, out_dir)
-        with open(os.path.join(out_dir, "config.json")) as f:
+    """Write the model in HF LLaDA layout (`jdllm.weights.hf.save_hf`: `config.json` with LLaDA's keys,
+    `model.safetensors` with its tensor names), plus `tokenizer.json` and (optionally) `generation_config.json`;
+    `extra_config` adds keys to `config.json`."""
+    save_hf(model, out_dir)
+    if extra_config:
+        path = os.path.join(out_dir, "config.json")
+        with open(path) as f:
             conf = json.load(f)
-        for key, value in llada_config_dict(model.config).items():
-            conf.setdefault(key, value)
-        conf.update(extra_config or {})
-    else:  # pragma: no cover
-        conf = llada_config_dict(model.config, **(extra_config or {}))
-        try:
-            from jdllm.weights.safetensors_io import save_file
-        except ImportError:
-            from safetensors.numpy import save_file
-        save_file(llada_tensors(model), os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(conf, f, indent=2)
-        f.write("\n")
+        conf.update(extra_config)
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=2)
     tokenizer.save(out_dir)
     if generation_config is not None:
         with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
             json.dump(generation_config, f, indent=2)
             f.write("\n")
-
-
-def load_llada_export(directory: str) -> Transformer:
-    """Read back an `export_llada` directory (a small loader for tests and the training script; the library's
-    own `jdllm.load` is the public path)."""
-    from jdllm.models.config import config_from_llada
-
-    with open(os.path.join(directory, "config.json")) as f:
-        cfg = config_from_llada(json.load(f))
-    try:
-        from jdllm.weights.safetensors_io import SafetensorsFile
-
-        st = SafetensorsFile(os.path.join(directory, "model.safetensors"))
-        tensors = {n: np.asarray(st.get(n)) for n in st.names()}
-    except Exception:  # pragma: no cover
-        from safetensors.numpy import load_file
-
-        tensors = load_file(os.path.join(directory, "model.safetensors"))
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    pure = nnx.to_pure_dict(state)
-    names = _fallback_names(cfg)
-    for hf_name, (path, transform) in names.items():
-        arr = tensors[hf_name]
-        arr = arr.T if transform == "T" else arr
-        node = pure
-        keys = path.split(".")
-        for k in keys[:-1]:
-            node = node[int(k)] if k.isdigit() and int(k) in node else node[k]
-        if tuple(node[keys[-1]].shape) != tuple(arr.shape):
-            raise ValueError(f"{hf_name}: shape {arr.shape} != {node[keys[-1]].shape}")
-        node[keys[-1]] = jnp.asarray(arr)
-    nnx.replace_by_pure_dict(state, pure)
-    return nnx.merge(graphdef, state)
 
 
 def param_count(model: Transformer) -> int:

@@ -29,8 +29,9 @@ import numpy as np
 
 from jdllm.models.config import ModelConfig
 from jdllm.tasks import arithmetic
+from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
-    TrainConfig, default_tokenizer, evaluate, export_llada, load_llada_export, param_count, problems_to_sft, train)
+    TrainConfig, default_tokenizer, evaluate, export_llada, param_count, problems_to_sft, train)
 
 DEFAULT_OUT = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny")
 PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer), left-padded
@@ -114,7 +115,7 @@ def main(argv=None):
                "mask_token_id": tok.mask_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     export_llada(result.model, tok, args.out, generation_config=gen_cfg)
     # Evaluate the exported files (what ships), not the in-memory parameters.
-    model = load_llada_export(args.out)
+    model = load_hf(args.out)
     t_eval = time.time()
     acc, preds = evaluate(model, test_problems, GEN_LEN, 32, tokenizer=tok, batch_size=100, prompt_len=PROMPT_LEN,
                           return_predictions=True, progress=True)

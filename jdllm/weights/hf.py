@@ -113,7 +113,8 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
             "eot_token_id": cfg.eot_id,
             "weight_tying": cfg.tie_embeddings, "include_bias": False, "include_qkv_bias": cfg.qkv_bias,
             "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
-            "rope_full_precision": True, "alibi": False, "scale_logits": False, "torch_dtype": cfg.dtype,
+            "rope_full_precision": True, "alibi": False, "scale_logits": False, "input_emb_norm": False,
+            "attention_layer_norm": False, "use_cache": False, "torch_dtype": cfg.dtype,
         }
     return {
         "model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": cfg.d_model,
