@@ -123,13 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recipes", help="list the pinned decoding recipes")
     r.set_defaults(func=cmd_recipes)
 
-    t = sub.add_parser("train", help="retrain the shipped model (arguments are passed through)")
+    t = sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help)")
     t.add_argument("rest", nargs=argparse.REMAINDER)
     t.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # hand every option to the training script's own parser (--help included)
+        from jdllm.train.shipped import main as train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -13,7 +13,7 @@ from jdllm.tasks import make_problems
 from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
     TrainConfig, batch_indices, default_tokenizer, diffusion_loss, evaluate, export_llada,
-    make_greedy_sampler, problems_to_sft, train, transfer_schedule)
+    fourier_number_init, make_greedy_sampler, problems_to_sft, train, transfer_schedule)
 
 P, G = 96, 64
 
@@ -140,3 +140,40 @@ def test_export_is_llada_layout_and_round_trips(tok, tmp_path):
     x = np.asarray([tok.encode("12+7=19. #### 19")], np.int32)
     np.testing.assert_allclose(np.asarray(back(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
     assert (tmp_path / "tokenizer.json").exists()
+
+
+def test_fourier_number_init_seeds_only_number_rows(tok):
+    """Number n's embedding row and head column start with [cos(2 pi n / T), sin(2 pi n / T)]; nothing else moves."""
+    import math
+
+    model = Transformer(tiny_cfg(tok), rngs=nnx.Rngs(0))
+    before = nnx.to_pure_dict(nnx.split(model)[1])
+    ids = [tok.encode(str(n))[0] for n in range(100)]
+    graphdef, params = nnx.split(model)
+    params = fourier_number_init(params, ids, periods=(10, 100), embed_scale=0.5, head_scale=2.0)
+    after = nnx.to_pure_dict(params)
+    wte, head = np.asarray(after["wte"]), np.asarray(after["ff_out"]["kernel"])
+    n = 37
+    want = np.array([math.cos(2 * math.pi * n / 10), math.cos(2 * math.pi * n / 100),
+                     math.sin(2 * math.pi * n / 10), math.sin(2 * math.pi * n / 100)], np.float32)
+    np.testing.assert_allclose(wte[ids[n], :4], 0.5 * want, atol=1e-6)
+    np.testing.assert_allclose(head[:4, ids[n]], 2.0 * want, atol=1e-6)
+    np.testing.assert_array_equal(wte[ids[n], 4:], np.asarray(before["wte"])[ids[n], 4:])
+    others = np.setdiff1d(np.arange(tok.vocab_size), ids)
+    np.testing.assert_array_equal(wte[others], np.asarray(before["wte"])[others])
+    np.testing.assert_array_equal(head[:, others], np.asarray(before["ff_out"]["kernel"])[:, others])
+    np.testing.assert_array_equal(np.asarray(after["blocks"][0]["q_proj"]["kernel"]),
+                                  np.asarray(before["blocks"][0]["q_proj"]["kernel"]))
+    with pytest.raises(ValueError, match="do not fit"):
+        fourier_number_init(params, ids, periods=tuple(range(1, 40)))
+
+
+def test_cli_train_passes_options_through(capsys):
+    """`jdllm train --fresh --steps N ...` reaches the training script's parser (options before any positional)."""
+    from jdllm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fresh" in out and "--steps" in out and "--fourier-periods" in out

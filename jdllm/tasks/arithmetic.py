@@ -1,14 +1,14 @@
 """Synthetic GSM8K-style multi-step arithmetic word problems: the task of jdllm's shipped default model.
 
-A problem starts from a quantity and applies 2 or 3 additions / subtractions, each phrased by a verb ("buys 7
-more", "gives 5 away", "takes out 4"). The answer is a short chain of thought, one equation per step, and a
-final GSM8K-style line::
+A problem starts from a quantity and applies 2 or 3 additions / subtractions, one sentence per step, each
+phrased by a verb ("He buys 7.", "Then he loses 5."). The answer is a short chain of thought, one equation per
+step, and a final GSM8K-style line::
 
     question: "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
     answer:   "12+7=19. 19-5=14. #### 14"
 
 Numbers are small (start 2..20, operands 1..10, every intermediate >= 0, so results stay at most 50) for a tiny
-character-level model to learn the facts, yet each step reads the previous step's result, so the final answer
+model to learn the facts, yet each step reads the previous step's result, so the final answer
 depends on intermediate results and decoding order matters.
 
 Train / test split: a problem's *canonical form* is its arithmetic alone (start value and the sequence of signed
@@ -34,6 +34,8 @@ CONTAINERS = ("box", "bag", "jar", "basket")
 ADD_VERBS = ("buys", "finds", "gets", "wins")
 SUB_VERBS = ("loses", "sells", "uses", "drops")
 
+# The phrase tables below are not used by `_render` any more (an earlier, more varied template); their words stay
+# in `vocabulary_words`, so the shipped tokenizer (and the model trained with it) keeps its vocabulary.
 # Owner scenario ("Tom has 12 apples."): verb phrases per operation, `{n}` is the operand.
 OWNER_ADD = ("buys {n} more", "finds {n} more", "gets {n}", "wins {n}")
 OWNER_SUB = ("gives {n} away", "loses {n}", "sells {n}", "uses {n}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import datetime
 import json
 import os
@@ -31,7 +32,7 @@ from jdllm.models.config import ModelConfig
 from jdllm.tasks import arithmetic
 from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
-    TrainConfig, default_tokenizer, evaluate, export_llada, param_count, problems_to_sft, train)
+    TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft, train)
 
 DEFAULT_OUT = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny")
 PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer), left-padded
@@ -39,12 +40,13 @@ GEN_LEN = 32  # one block of 32; the longest answer is 27 tokens, the rest is EO
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="jdllm train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--ckpt-dir", default=os.path.join("runs", "arith-llada-tiny", "ckpt"))
     ap.add_argument("--fresh", action="store_true", help="delete --ckpt-dir first instead of resuming")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--mlp", type=int, default=512)
+    ap.add_argument("--fourier-periods", default="2,5,10,20,50,100",
+                    help="periods of the Fourier features seeding the number tokens' embedding and head rows "
+                         "(`fourier_number_init`); 'none' for a plain random initialisation")
     ap.add_argument("--train-pool", type=int, default=150_000, help="distinct training problems drawn")
     ap.add_argument("--eval-n", type=int, default=500, help="held-out problems for the final accuracy")
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (0: none)")
@@ -93,7 +98,7 @@ def main(argv=None):
         return {"quick_acc": acc}
 
     result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=quick_eval if args.eval_every else None,
-                   callback_every=args.eval_every)
+                   callback_every=args.eval_every, init_fn=number_init(tok, args.fourier_periods))
     # Wall time and loss history live beside the checkpoints, so a resumed run reports the whole training.
     meta_path = os.path.join(args.ckpt_dir, "train_meta.json")
     meta = {"seconds": 0.0, "history": []}
@@ -129,6 +134,20 @@ def main(argv=None):
     write_card(args, cfg, tc, history, final_loss, acc, lib_acc, len(test_problems), n_params, size_mb,
                total_seconds, eval_seconds, examples)
     return acc
+
+
+def number_init(tok, periods: str):
+    """`fourier_number_init` for the numbers 0..99 of the shipped tokenizer (each is one token), or None."""
+    if periods.strip().lower() == "none":
+        return None
+    values = [float(x) for x in periods.split(",")]
+    ids = []
+    for n in range(100):
+        enc = tok.encode(str(n))
+        if len(enc) != 1:
+            raise ValueError(f"number {n} is not a single token of the tokenizer")
+        ids.append(enc[0])
+    return functools.partial(fourier_number_init, number_ids=ids, periods=values)
 
 
 def library_accuracy(out_dir: str, problems, batch_size: int = 100):
@@ -191,7 +210,7 @@ Seed {tc.seed}; fixed data (`make_problems({args.train_pool}, "train", seed={arg
 
 ## Prompt format and decoding
 - Prompt: the question followed by one newline (`jdllm.tasks.format_prompt(question)` = `question + "\\n"`),
-  encoded with the `tokenizer.json` of this folder, no BOS. Questions are at most 95 characters / 36 tokens
+  encoded with the `tokenizer.json` of this folder, no BOS. Questions are at most 31 tokens
   (prompt region {PROMPT_LEN} tokens in training, left-padded with `<|pad|>` under attention mask False, positions
   `cumsum(mask) - 1`).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
@@ -204,15 +223,19 @@ LLaDA layout (`block_type: llama`): pre-RMSNorm blocks, rotary positions (theta 
 bidirectional attention, SwiGLU MLP, untied LM head.
 d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads (head dim {cfg.head_dim}), MLP hidden
 {cfg.mlp_hidden_size}, vocabulary {cfg.vocab_size} (5 special tokens, printable ASCII and newline as single
-characters, and the task's {len(arithmetic.vocabulary_words())} words as whole-word tokens, each with and without
-a leading space; digits, operators and spaces before numbers stay single characters),
+characters, the task's {len(arithmetic.vocabulary_words())} words as whole-word tokens, each with and without a
+leading space, and the numbers 10..99 as single tokens; 0..9 are the digit characters, so every number of the
+task is one token),
 {n_params:,} parameters, float32, `model.safetensors` {size_mb:.2f} MiB.
 
 ## Training
 Masked-diffusion SFT (LLaDA objective): t ~ U(0,1) per example (stratified over the batch), p_mask =
 (1 - 1e-3) t + 1e-3, answer tokens masked independently with p_mask, the prompt never masked, loss = cross
 entropy on masked positions / p_mask, normalised by the answer length ({GEN_LEN}: answer + EOS padding, as in
-LLaDA-Instruct SFT). AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay {tc.weight_decay} on matrices), peak lr
+LLaDA-Instruct SFT). Initialisation: the module's own (embeddings N(0, 0.02), linear layers N(0, 1/d_in)),
+except that the embedding rows and LM-head columns of the number tokens 0..99 start with Fourier features of
+their value (periods {args.fourier_periods}; `jdllm.train.diffusion.fourier_number_init`), which made the
+arithmetic facts learn about 3x faster in the pilots (below); everything stays trainable. AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay {tc.weight_decay} on matrices), peak lr
 {tc.peak_lr}, {tc.warmup_steps} warmup steps then cosine to {tc.end_lr_ratio} x peak, gradient clipping
 {tc.grad_clip}, batch {tc.batch_size}, {tc.steps} steps ({tc.steps * tc.batch_size:,} examples).
 
@@ -245,9 +268,10 @@ def _task_summary() -> str:
     a = arithmetic
     return (f"Start value {a.START_RANGE[0]}..{a.START_RANGE[1]}, {' or '.join(map(str, a.N_OPS))} operations "
             f"(+ / -), operands {a.OPERAND_RANGE[0]}..{a.OPERAND_RANGE[1]}, every intermediate >= 0. "
-            f"{len(a.NAMES_HE) + len(a.NAMES_SHE)} names, {len(a.OBJECTS)} objects, {len(a.CONTAINERS)} containers, "
-            "owner and container scenarios, one-sentence and sentence-per-step phrasings. Held-out split: 1 in "
-            f"{a.TEST_BUCKETS} canonical problems (hash of the arithmetic, e.g. `12+7-5`).")
+            f"{len(a.NAMES_HE) + len(a.NAMES_SHE)} names, {len(a.OBJECTS)} objects, "
+            f"{len(a.ADD_VERBS)} + {len(a.SUB_VERBS)} verbs, one sentence per step "
+            "(\"Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?\"). Held-out split: 1 in "
+            f"{a.TEST_BUCKETS} canonical problems (hash of the arithmetic, e.g. `12+7-5`), never seen in training.")
 
 
 if __name__ == "__main__":
