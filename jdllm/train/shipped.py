@@ -27,6 +27,7 @@ PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 import numpy as np
+from flax import nnx
 
 from jdllm.models.config import ModelConfig
 from jdllm.tasks import arithmetic
@@ -37,6 +38,8 @@ from jdllm.train.diffusion import (
 DEFAULT_OUT = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny")
 PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer), left-padded
 GEN_LEN = 32  # one block of 32; the longest answer is 27 tokens, the rest is EOS padding
+LONG_GEN_LENGTHS = (64, 128, 256)  # evaluated after the second stage (and recorded in the model card)
+MAX_SEQ_LEN = 2048  # config.json's max_sequence_length: rotary positions, room for gen_length 1024 benchmarks
 
 
 def parse_args(argv=None):
@@ -63,6 +66,13 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (0: none)")
     ap.add_argument("--quick-eval-n", type=int, default=64)
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--long-gen", type=int, default=256,
+                    help="answer region of the second stage (answer + EOS padding), so that the model also "
+                         "answers, then fills EOS, at gen_length 64..256")
+    ap.add_argument("--long-steps", type=int, default=800, help="second-stage steps (0: no second stage)")
+    ap.add_argument("--long-batch-size", type=int, default=16)
+    ap.add_argument("--long-lr", type=float, default=5e-4)
+    ap.add_argument("--long-eval-n", type=int, default=100, help="held-out problems per long gen_length evaluated")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--skip-library-eval", action="store_true", help="skip the jdllm.generate confirmation")
     ap.add_argument("--notes", default="", help="text appended to the model card (e.g. what was tried)")
@@ -84,7 +94,7 @@ def main(argv=None):
 
     cfg = ModelConfig(family="llada", vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
                       n_heads=args.n_heads, n_kv_heads=args.n_heads, mlp_hidden_size=args.mlp,
-                      max_seq_len=256, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                      max_seq_len=MAX_SEQ_LEN, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
                       rope_theta=10000.0, rms_norm_eps=1e-5, dtype="float32")
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup,
                      weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
@@ -99,21 +109,22 @@ def main(argv=None):
 
     result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=quick_eval if args.eval_every else None,
                    callback_every=args.eval_every, init_fn=number_init(tok, args.fourier_periods))
-    # Wall time and loss history live beside the checkpoints, so a resumed run reports the whole training.
-    meta_path = os.path.join(args.ckpt_dir, "train_meta.json")
-    meta = {"seconds": 0.0, "history": []}
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-    done_steps = {h["step"] for h in meta["history"]}
-    offset = meta["seconds"]  # the "seconds" column counts the whole training across resumed invocations
-    meta["history"] += [{**h, "seconds": h["seconds"] + offset} for h in result.history if h["step"] not in done_steps]
-    meta["history"].sort(key=lambda h: h["step"])
-    meta["seconds"] += result.seconds if result.history else 0.0
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
-    history, total_seconds = meta["history"], meta["seconds"]
-    final_loss = history[-1]["loss"] if history else float("nan")
+    history, total_seconds = record_history(args.ckpt_dir, result)
+    long_tc, long_history = None, []
+    if args.long_steps:
+        # Stage 2: the same problems with a `--long-gen` answer region (answer + EOS padding), starting from
+        # stage 1's weights, so that generations longer than 32 tokens answer and then fill EOS (LLaDA-Instruct
+        # SFT pads answers with EOS to the whole generation length in the same way).
+        long_data = problems_to_sft(tok, train_problems, PROMPT_LEN, args.long_gen)
+        long_tc = TrainConfig(steps=args.long_steps, batch_size=args.long_batch_size, peak_lr=args.long_lr,
+                              warmup_steps=min(50, args.long_steps // 10), weight_decay=args.weight_decay,
+                              seed=args.seed + 1, log_every=args.log_every, ckpt_every=args.ckpt_every)
+        stage1 = nnx.split(result.model)[1]
+        long_dir = os.path.join(args.ckpt_dir, "long")
+        result = train(cfg, long_tc, long_data, ckpt_dir=long_dir, init_fn=lambda params: stage1)
+        long_history, long_seconds = record_history(long_dir, result)
+        total_seconds += long_seconds
+    final_loss = (long_history or history)[-1]["loss"] if (long_history or history) else float("nan")
 
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "prompt_template": "{question}\n", "max_prompt_length": PROMPT_LEN,
@@ -130,10 +141,36 @@ def main(argv=None):
     print(f"held-out accuracy {acc:.4f} on {len(test_problems)} problems ({eval_seconds:.0f}s); "
           f"final loss {final_loss:.4f}; {n_params} parameters, {size_mb:.2f} MiB", flush=True)
     lib_acc = None if args.skip_library_eval else library_accuracy(args.out, test_problems)
+    long_acc = {}
+    if args.long_steps and args.long_eval_n:
+        for g in LONG_GEN_LENGTHS:
+            t = time.time()
+            long_acc[g] = evaluate(model, test_problems[: args.long_eval_n], g, 32, tokenizer=tok,
+                                   batch_size=args.long_eval_n, prompt_len=PROMPT_LEN)
+            print(f"gen_length {g}: held-out accuracy {long_acc[g]:.4f} on {args.long_eval_n} "
+                  f"({time.time() - t:.0f}s)", flush=True)
     examples = [(p.question, pr, p.answer) for p, pr in zip(test_problems[:5], preds[:5])]
     write_card(args, cfg, tc, history, final_loss, acc, lib_acc, len(test_problems), n_params, size_mb,
-               total_seconds, eval_seconds, examples)
+               total_seconds, eval_seconds, examples, long_tc, long_history, long_acc)
     return acc
+
+
+def record_history(ckpt_dir: str, result):
+    """Merge `result`'s loss history and wall time into `ckpt_dir/train_meta.json` (so that a resumed run reports
+    the whole training); returns (history, seconds)."""
+    meta_path = os.path.join(ckpt_dir, "train_meta.json")
+    meta = {"seconds": 0.0, "history": []}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    done_steps = {h["step"] for h in meta["history"]}
+    offset = meta["seconds"]  # the "seconds" column counts the whole training across resumed invocations
+    meta["history"] += [{**h, "seconds": h["seconds"] + offset} for h in result.history if h["step"] not in done_steps]
+    meta["history"].sort(key=lambda h: h["step"])
+    meta["seconds"] += result.seconds if result.history else 0.0
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta["history"], meta["seconds"]
 
 
 def number_init(tok, periods: str):
@@ -176,8 +213,20 @@ def library_accuracy(out_dir: str, problems, batch_size: int = 100):
 
 
 def write_card(args, cfg, tc, history, final_loss, acc, lib_acc, n_eval, n_params, size_mb, train_seconds,
-               eval_seconds, examples):
+               eval_seconds, examples, long_tc=None, long_history=(), long_acc=None):
     cmd = "jdllm train --fresh"
+    long_rows = ", ".join(f"gen_length {g}: **{a * 100:.1f}%**" for g, a in (long_acc or {}).items())
+    long_result = (f"\n- Longer generations (blocks of 32, steps = gen_length, first {args.long_eval_n} of the same "
+                   f"held-out problems): {long_rows}." if long_rows else "")
+    long_train = "" if long_tc is None else f"""
+
+Stage 2 (longer generations): from stage 1's weights, {long_tc.steps} steps on the same problems with a
+{args.long_gen}-token answer region (answer + EOS padding), batch {long_tc.batch_size}, peak lr {long_tc.peak_lr},
+{long_tc.warmup_steps} warmup steps then cosine to {long_tc.end_lr_ratio} x peak, seed {long_tc.seed}.
+
+| step | loss | masked-token acc | seconds |
+|---|---|---|---|
+""" + "\n".join(f"| {h['step']} | {h['loss']:.4f} | {h['masked_acc']:.3f} | {h['seconds']:.0f} |" for h in long_history)
     hist = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {h['masked_acc']:.3f} | "
                      f"{_fmt(h.get('quick_acc'))} | {h['seconds']:.0f} |" for h in history)
     ex = "\n".join(f"- Q: `{q}`\n  - generated: `{pr}` (gold {a})" for q, pr, a in examples)
@@ -196,7 +245,7 @@ to decode on a laptop CPU, and accurate enough that decoding strategies can be c
   `jdllm.train.diffusion.evaluate` ({eval_seconds:.0f} s).
 - Confirmed through the library (`jdllm.shipped.load_bundle` + `jdllm.generate(..., gen_length={GEN_LEN},
   block_length=32, steps={GEN_LEN}, remasking="low_confidence", temperature=0.0)`): {_pct(lib_acc)} on the same
-  problems.
+  problems.{long_result}
 - Final training loss (mean of the last {tc.log_every} steps): {final_loss:.4f}
 - Training wall time: {train_seconds / 60:.1f} min on {platform.processor() or platform.machine()} CPU
   ({os.cpu_count()} cores, shared), jax {jax.__version__}.
@@ -239,9 +288,11 @@ arithmetic facts learn about 3x faster in the pilots (below); everything stays t
 {tc.peak_lr}, {tc.warmup_steps} warmup steps then cosine to {tc.end_lr_ratio} x peak, gradient clipping
 {tc.grad_clip}, batch {tc.batch_size}, {tc.steps} steps ({tc.steps * tc.batch_size:,} examples).
 
+Stage 1 (answer region {GEN_LEN}):
+
 | step | loss | masked-token acc | quick held-out acc | seconds |
 |---|---|---|---|---|
-{hist}
+{hist}{long_train}
 
 ## Examples (held-out)
 {ex}
