@@ -81,13 +81,6 @@ def cmd_bench(args) -> int:
     return run_bench_cli(args)
 
 
-def cmd_train(args) -> int:
-    from jdllm.train.shipped import main as train_main
-
-    train_main(args.rest)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jdllm", description="Fast diffusion-LLM inference in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,9 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recipes", help="list the pinned decoding recipes")
     r.set_defaults(func=cmd_recipes)
 
-    t = sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help)")
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_train)
+    # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
+    sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help)")
     return parser
 
 
