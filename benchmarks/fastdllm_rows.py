@@ -3,8 +3,8 @@
 Rows (configs/recipes.yaml): vanilla (LLaDA), +Cache (prefix), +Parallel (threshold 0.9), +Cache+Parallel
 (prefix + threshold 0.9), DualCache + Parallel. Defaults: the shipped model, gen_length 256 and 1024,
 block 32, batch 1 (as in the paper). The shipped model was trained with a 32-token answer region, then (second
-stage) a 256-token one; up to gen_length 256 it answers and then fills the rest with EOS, the regime in which Fast-dLLM's long-generation
-speedups arise. Compile time is measured apart; tokens/s counts generated tokens only (all gen_length
+stage) a 256-token one; up to gen_length 256 it answers and then fills the rest with EOS, the regime in which
+Fast-dLLM's long-generation speedups arise. Compile time is measured apart; tokens/s counts generated tokens only (all gen_length
 committed positions, and separately the answer tokens before the first EOS). Not a test: numbers are
 hardware dependent; compare ratios within one run.
 

@@ -98,12 +98,6 @@ def _sample_math(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
     return start, ops
 
 
-def _join_clauses(clauses: list[str]) -> str:
-    if len(clauses) == 2:
-        return f"{clauses[0]} and {clauses[1]}"
-    return ", ".join(clauses[:-1]) + f" and {clauses[-1]}"
-
-
 def _render(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
     """One sentence per step, one verb per operation: "Tom has 12 apples. He buys 7. Then he loses 5. How many
     apples does Tom have?". Every slot is a single token of the shipped tokenizer (names, objects, verbs and
@@ -114,7 +108,8 @@ def _render(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
     pron = "He" if he else "She"
     obj = rng.choice(OBJECTS)
     verbs = [rng.choice(ADD_VERBS if op == "+" else SUB_VERBS) for op, _ in ops]
-    steps = [f"{pron} {verbs[0]} {ops[0][1]}."] + [f"Then {pron.lower()} {v} {n}." for v, (_, n) in zip(verbs[1:], ops[1:])]
+    steps = [f"{pron} {verbs[0]} {ops[0][1]}."]
+    steps += [f"Then {pron.lower()} {v} {n}." for v, (_, n) in zip(verbs[1:], ops[1:])]
     return f"{name} has {start} {obj}. {' '.join(steps)} How many {obj} does {name} have?"
 
 

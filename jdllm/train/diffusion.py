@@ -297,8 +297,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
 
     With `ckpt_dir`, checkpoints every `tc.ckpt_every` steps and at the end; with `resume`, continues from the
     latest checkpoint there. `init_fn(params) -> params` adjusts the fresh initialisation (e.g.
-    `fourier_number_init`) before training starts. `stop_at` ends the loop early at that step (the schedule is still `tc.steps` long:
-    used to simulate an interrupted run). `callback(step, model)` runs every `callback_every` steps (evaluation).
+    `fourier_number_init`) before training starts. `stop_at` ends the loop early at that step (the schedule is
+    still `tc.steps` long: used to simulate an interrupted run). `callback(step, model)` runs every `callback_every` steps (evaluation).
     """
     from tqdm.auto import tqdm
 

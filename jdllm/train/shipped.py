@@ -124,7 +124,8 @@ def main(argv=None):
         result = train(cfg, long_tc, long_data, ckpt_dir=long_dir, init_fn=lambda params: stage1)
         long_history, long_seconds = record_history(long_dir, result)
         total_seconds += long_seconds
-    final_loss = (long_history or history)[-1]["loss"] if (long_history or history) else float("nan")
+    last_stage = long_history or history
+    final_loss = last_stage[-1]["loss"] if last_stage else float("nan")
 
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "prompt_template": "{question}\n", "max_prompt_length": PROMPT_LEN,
@@ -284,8 +285,8 @@ entropy on masked positions / p_mask, normalised by the answer length ({GEN_LEN}
 LLaDA-Instruct SFT). Initialisation: the module's own (embeddings N(0, 0.02), linear layers N(0, 1/d_in)),
 except that the embedding rows and LM-head columns of the number tokens 0..99 start with Fourier features of
 their value (periods {args.fourier_periods}; `jdllm.train.diffusion.fourier_number_init`), which made the
-arithmetic facts learn about 3x faster in the pilots (below); everything stays trainable. AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay {tc.weight_decay} on matrices), peak lr
-{tc.peak_lr}, {tc.warmup_steps} warmup steps then cosine to {tc.end_lr_ratio} x peak, gradient clipping
+arithmetic facts learn about 3x faster in the pilots (below); everything stays trainable.
+AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay {tc.weight_decay} on matrices), peak lr {tc.peak_lr}, {tc.warmup_steps} warmup steps then cosine to {tc.end_lr_ratio} x peak, gradient clipping
 {tc.grad_clip}, batch {tc.batch_size}, {tc.steps} steps ({tc.steps * tc.batch_size:,} examples).
 
 Stage 1 (answer region {GEN_LEN}):
