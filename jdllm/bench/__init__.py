@@ -4,7 +4,8 @@ Conventions (one report format for every recipe):
 - `tokens_per_s`: answer tokens (generated tokens before the first EOS; prompt and EOS padding excluded) per
   second of decode wall time, summed over the held-out set; compile time excluded (reported apart).
 - `compile_s`: wall time of the first (compiling) call minus the mean time of a compiled call of that shape.
-- `nfe`: mean forward evaluations per problem, counted as the reference implementations count them.
+- `nfe`: mean forward evaluations per problem that really ran (the references' count, less the empty forward
+  Fast-dLLM's cached loops run after a block-start forward that already finished the block).
 - `tpf` (tokens per forward): gen_length / NFE, positions decoded per forward (EOS fill included, as Fast-dLLM).
 - `speedup_*`: ratios of tokens/s to the named recipe measured in the same run.
 Every batch has the same shape (prompts padded to one width, the last batch filled with repeats and the
