@@ -33,9 +33,9 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
     """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
 
     With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
-    `jdllm.sharding.make_mesh(...)`; Explicit axes are used through the mesh's Auto twin), every tensor is placed on its shards as it is read
-    (each device reads only its slice of the memory-mapped safetensors, or orbax restores straight into the
-    shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name; default tensor-parallel).
+    `jdllm.sharding.make_mesh(...)`; Explicit axes are used through the mesh's Auto twin), every tensor is
+    placed on its shards as it is read (each device reads only its slice of the memory-mapped safetensors, or
+    orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name; default tensor-parallel).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
