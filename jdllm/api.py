@@ -35,7 +35,8 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
     With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
     `jdllm.sharding.make_mesh(...)`; Explicit axes are used through the mesh's Auto twin), every tensor is
     placed on its shards as it is read (each device reads only its slice of the memory-mapped safetensors, or
-    orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name; default tensor-parallel).
+    orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name;
+    default tensor-parallel).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -253,8 +254,8 @@ def generate(
         rows = sharding_lib.process_rows(batch, plan.mesh, plan.rules)
         glob = functools.partial(sharding_lib.global_batch_array, mesh=plan.mesh, rules=plan.rules, global_rows=batch)
         with jax.set_mesh(plan.mesh):  # overrides a surrounding Explicit-axes mesh with its Auto twin
-            st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]), glob(valid[rows]),
-                     glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
+            st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]),
+                     glob(valid[rows]), glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
         st_tokens, nfe, iters, done = (sharding_lib.to_host(x) for x in (st.tokens, st.nfe, st.iters, st.done))
     if not np.all(done):
         raise RuntimeError(f"decoding stopped at the iteration bound {max_iters} with unfinished rows: policy bug")

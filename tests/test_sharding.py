@@ -385,7 +385,8 @@ def test_every_parameter_spec_follows_the_hf_table(ckpts, family):
             assert len(matches) == 1, f"{name}: {len(matches)} parameters hold its values"
             key, axes = matches[0]
             want = rules.spec(axes, host[key].shape, mesh, what=name)
-            assert params[key].sharding.spec == want, f"{preset}: {name} -> {key}: {params[key].sharding.spec} != {want}"
+            got = params[key].sharding.spec
+            assert got == want, f"{preset}: {name} -> {key}: {got} != {want}"
             checked.add(key)
         assert checked == set(params), f"parameters without an HF tensor: {set(params) - checked}"
 
@@ -408,8 +409,9 @@ def _jdllm_imports(root):
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                if node.level:  # relative: strip level - 1 trailing parts of the package
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
                 deps.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
         graph[name] = {d for d in deps if d in modules and d != name}
     return graph

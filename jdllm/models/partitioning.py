@@ -273,7 +273,8 @@ def param_logical_axes(path) -> tuple[str, ...]:
 def param_sharding(path, shape: Sequence[int], mesh: Mesh, rules: ShardingRules) -> NamedSharding:
     """The NamedSharding of one parameter (on the Auto twin of `mesh`)."""
     name = ".".join(map(str, normalize_path(path)))
-    return NamedSharding(auto_mesh(mesh), rules.spec(param_logical_axes(path), tuple(shape), mesh, what=f"parameter {name}"))
+    spec = rules.spec(param_logical_axes(path), tuple(shape), mesh, what=f"parameter {name}")
+    return NamedSharding(auto_mesh(mesh), spec)
 
 
 def param_shardings(state, mesh: Mesh, rules: ShardingRules):
