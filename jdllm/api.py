@@ -32,9 +32,11 @@ from jdllm.weights.orbax_io import is_orbax_dir, load_orbax, save_orbax
 def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None) -> Transformer:
     """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
 
-    With `mesh` (a `jdllm.sharding.make_mesh(...)` mesh), every tensor is placed on its shards as it is read
-    (each device reads only its slice of the memory-mapped safetensors, or orbax restores straight into the
-    shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name; default tensor-parallel).
+    With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
+    `jdllm.sharding.make_mesh(...)`; Explicit axes are used through the mesh's Auto twin), every tensor is
+    placed on its shards as it is read (each device reads only its slice of the memory-mapped safetensors, or
+    orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name;
+    default tensor-parallel).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -46,6 +48,7 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
             return load_orbax(path, dtype)
         return load_hf(path, dtype)
     rules = sharding_lib.get_rules(rules)
+    mesh = sharding_lib.usable_mesh(mesh, rules)
     if is_orbax_dir(path):
         model = load_orbax(path, dtype, mesh=mesh, rules=rules)
     else:
@@ -209,7 +212,8 @@ def generate(
     with different prompt lengths reuse one compiled program. `debug=True` runs the same step body from a
     Python loop.
 
-    `mesh` (or, when None, the mesh the model's parameters live on) runs the decode sharded by `rules`
+    `mesh` (any `jax.sharding.Mesh`, Auto or Explicit axes; when None, the mesh the model's parameters live on,
+    else that of a surrounding `jax.set_mesh`) runs the decode sharded by `rules`
     (default: the rules the model was loaded / sharded with, else tensor-parallel): canvas and cache over
     batch (and the cache over kv heads), the proposal over the vocab-sharded LM head without gathering logits.
     Tokens and NFE are those of one device. Under several processes every process passes the same prompts.
@@ -249,8 +253,9 @@ def generate(
         params = sharding_lib.shard_params(params, plan.mesh, plan.rules)
         rows = sharding_lib.process_rows(batch, plan.mesh, plan.rules)
         glob = functools.partial(sharding_lib.global_batch_array, mesh=plan.mesh, rules=plan.rules, global_rows=batch)
-        st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]), glob(valid[rows]),
-                 glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
+        with jax.set_mesh(plan.mesh):  # overrides a surrounding Explicit-axes mesh with its Auto twin
+            st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]),
+                     glob(valid[rows]), glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
         st_tokens, nfe, iters, done = (sharding_lib.to_host(x) for x in (st.tokens, st.nfe, st.iters, st.done))
     if not np.all(done):
         raise RuntimeError(f"decoding stopped at the iteration bound {max_iters} with unfinished rows: policy bug")

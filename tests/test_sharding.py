@@ -49,8 +49,16 @@ def single():
     return {}
 
 
+def _standard_mesh():
+    """A mesh made the standard way: `jax.make_mesh` defaults (Explicit axes in current JAX), no 'fsdp' axis."""
+    return jax.make_mesh((2, 4), ("data", "tensor"))
+
+
 def _mesh(preset):
-    # 2x4 meshes; FSDP combines fsdp=2 with tensor=4 (weights sharded on two dims, vocab-sharded head).
+    # 2x4 meshes; FSDP combines fsdp=2 with tensor=4 (weights sharded on two dims, vocab-sharded head);
+    # tensor_parallel runs on the standard jax.make_mesh mesh.
+    if preset == "tensor_parallel":
+        return _standard_mesh()
     return S.make_mesh(fsdp=2, tensor=4) if preset == "fsdp" else S.make_mesh(data=2, tensor=4)
 
 
@@ -125,7 +133,7 @@ def test_sharded_generate_equals_one_device(model, single, preset, cache):
     if cache not in single:
         single[cache] = jdllm.generate(model, PROMPTS, **kw)
     ref = single[cache]
-    if preset == "tensor_parallel":  # the default rules, and the mesh inferred from the parameters
+    if preset == "tensor_parallel":  # the default rules, and the (standard, Explicit) mesh inferred from the params
         out = jdllm.generate(S.shard_model(model, _mesh(preset)), PROMPTS, **kw)
     else:
         out = jdllm.generate(model, PROMPTS, mesh=_mesh(preset), rules=preset, **kw)
@@ -217,3 +225,217 @@ def test_process_helpers_single_process():
     assert arr.sharding.spec == jax.sharding.PartitionSpec("data", None)
     np.testing.assert_array_equal(S.to_host(arr), local)
     assert jnp.asarray(S.to_host(jnp.float32(2))) == 2
+
+
+# -- any mesh a user brings -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    """The `model` fixture saved as an HF directory and as an orbax directory."""
+    root = tmp_path_factory.mktemp("mesh_ckpt")
+    save_hf(model, root / "hf")
+    jdllm.save(model, root / "orbax")
+    return root
+
+
+def _one_device(model, single, cache):
+    kw = dict(cache=cache, temperature=TEMPERATURE[cache], **GEN)
+    if cache not in single:
+        single[cache] = jdllm.generate(model, PROMPTS, **kw)
+    return single[cache], kw
+
+
+@needs8
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_standard_mesh_load_and_generate_equal_one_device(model, single, saved, cache):
+    """Issue 16: `jax.make_mesh((2, 4), ("data", "tensor"))` (Explicit axes) + `load(path, mesh=)` + `generate`
+    gives the tokens and NFE of one device (no cache sampled, dual cache greedy)."""
+    mesh = _standard_mesh()
+    assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)  # jax's default, the case at stake
+    ref, kw = _one_device(model, single, cache)
+    loaded = jdllm.load(saved / "hf", mesh=mesh)
+    # Same devices, names and sizes as the user's mesh; the LM head's vocab is split over 'tensor'.
+    head = loaded.ff_out.kernel[...]
+    assert head.sharding.mesh.devices.tolist() == mesh.devices.tolist()
+    assert dict(head.sharding.mesh.shape) == {"data": 2, "tensor": 4}
+    assert head.sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+    out = jdllm.generate(loaded, PROMPTS, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.nfe, ref.nfe)
+    if cache is None:  # orbax onto the same mesh: same placement (no extra compile)
+        restored = jdllm.load(saved / "orbax", mesh=mesh)
+        for x, y in zip(jax.tree.leaves(nnx.state(loaded)), jax.tree.leaves(nnx.state(restored))):
+            assert y.sharding == x.sharding
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@needs8
+def test_auto_mesh_and_surrounding_set_mesh_equal_one_device(model, single):
+    """An Auto-axes `jax.make_mesh` passed as mesh=, and an Explicit mesh set around the call with
+    `jax.set_mesh` (no mesh= at all): tokens and NFE of one device."""
+    ref, kw = _one_device(model, single, None)
+    auto = jax.make_mesh((2, 4), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    out = jdllm.generate(model, PROMPTS, mesh=auto, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.nfe, ref.nfe)
+    with jax.set_mesh(_standard_mesh()):
+        out = jdllm.generate(model, PROMPTS, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.nfe, ref.nfe)
+
+
+ONE_AXIS = {
+    "data": lambda: jax.make_mesh((8,), ("data",)),
+    "tensor": lambda: jax.make_mesh((4,), ("tensor",), devices=jax.devices()[:4]),
+}
+
+
+@needs8
+@pytest.mark.parametrize("axis, cache", [("data", None), pytest.param("tensor", "dual", marks=pytest.mark.slow)])
+def test_one_axis_mesh_equals_one_device(model, single, axis, cache):
+    """A mesh with only some of the rules' axes: the absent ones count as size 1 (tensor-parallel rules on a
+    'data'-only mesh shard the batch and replicate the weights; on a 'tensor'-only mesh the reverse)."""
+    ref, kw = _one_device(model, single, cache)
+    mesh = ONE_AXIS[axis]()
+    sharded = S.shard_model(model, mesh)
+    q = sharded.blocks[0].q_proj.kernel[...]
+    want = jax.sharding.PartitionSpec(None, None) if axis == "data" else jax.sharding.PartitionSpec(None, "tensor")
+    assert q.sharding.spec == want
+    out = jdllm.generate(sharded, PROMPTS, **kw)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.nfe, ref.nfe)
+
+
+@needs8
+def test_unusable_mesh_refused_up_front_with_how_to(model, saved):
+    how = r"jdllm\.sharding\.make_mesh\(data=2, tensor=4\)"
+    abstract = _standard_mesh().abstract_mesh
+    with pytest.raises(TypeError, match=r"AbstractMesh has no devices.*" + how):
+        jdllm.generate(model, PROMPTS, mesh=abstract, **GEN)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        S.shard_model(model, [[0, 1], [2, 3]])
+    foreign = jax.make_mesh((2, 4), ("x", "y"))  # no axis the rules use: everything would be replicated
+    with pytest.raises(ValueError, match=r"no axis of size > 1 that rules 'tensor_parallel' use.*" + how):
+        jdllm.load(saved / "hf", mesh=foreign)
+    with pytest.raises(ValueError, match="no axis of size > 1"):
+        jdllm.generate(model, PROMPTS, mesh=foreign, **GEN)
+    # An unused axis next to a used one is fine (replicated over it), as is a one-device mesh.
+    assert S.usable_mesh(jax.make_mesh((2, 4), ("data", "x")), S.TENSOR_PARALLEL).shape["x"] == 4
+    assert S.plan_for({}, jax.make_mesh((1,), ("x",)), None) is None
+
+
+# -- every parameter's spec, from the HF layout -------------------------------------------------------------
+
+# Logical axes of every HF tensor in its torch layout ([out, in] for linear weights), written from the
+# checkpoints' HF names (LLaDA: modeling_llada.py; Dream: Qwen2 names), independently of jdllm's key map.
+HF_LOGICAL_AXES = {
+    "llada": [
+        (r"model\.transformer\.wte\.weight", ("vocab", "embed")),
+        (r"model\.transformer\.blocks\.\d+\.(attn_norm|ff_norm)\.weight", ("norm",)),
+        (r"model\.transformer\.blocks\.\d+\.q_proj\.weight", ("heads", "embed")),
+        (r"model\.transformer\.blocks\.\d+\.(k_proj|v_proj)\.weight", ("kv_heads", "embed")),
+        (r"model\.transformer\.blocks\.\d+\.attn_out\.weight", ("embed", "heads")),
+        (r"model\.transformer\.blocks\.\d+\.(ff_proj|up_proj)\.weight", ("mlp", "embed")),
+        (r"model\.transformer\.blocks\.\d+\.ff_out\.weight", ("embed", "mlp")),
+        (r"model\.transformer\.ln_f\.weight", ("norm",)),
+        (r"model\.transformer\.ff_out\.weight", ("vocab", "embed")),
+    ],
+    "dream": [
+        (r"model\.embed_tokens\.weight", ("vocab", "embed")),
+        (r"model\.layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight", ("norm",)),
+        (r"model\.layers\.\d+\.self_attn\.q_proj\.weight", ("heads", "embed")),
+        (r"model\.layers\.\d+\.self_attn\.q_proj\.bias", ("heads",)),
+        (r"model\.layers\.\d+\.self_attn\.(k_proj|v_proj)\.weight", ("kv_heads", "embed")),
+        (r"model\.layers\.\d+\.self_attn\.(k_proj|v_proj)\.bias", ("kv_heads",)),
+        (r"model\.layers\.\d+\.self_attn\.o_proj\.weight", ("embed", "heads")),
+        (r"model\.layers\.\d+\.mlp\.(gate_proj|up_proj)\.weight", ("mlp", "embed")),
+        (r"model\.layers\.\d+\.mlp\.down_proj\.weight", ("embed", "mlp")),
+        (r"model\.norm\.weight", ("norm",)),
+        (r"lm_head\.weight", ("vocab", "embed")),
+    ],
+}
+
+
+def _hf_axes(family, name):
+    hits = [axes for pattern, axes in HF_LOGICAL_AXES[family] if re.fullmatch(pattern, name)]
+    assert len(hits) == 1, f"{family} tensor {name}: {len(hits)} entries in HF_LOGICAL_AXES"
+    return hits[0]
+
+
+@needs8
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_every_parameter_spec_follows_the_hf_table(ckpts, family):
+    """Every parameter of a sharded load has exactly the PartitionSpec the rules give for its HF tensor's
+    logical axes (transposed where jdllm stores the tensor transposed), for every preset. Each jdllm parameter
+    is matched to its HF tensor by value (random weights), so the check does not go through jdllm's key map."""
+    path, weights, _ = ckpts[family]
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))  # every axis > 1: each preset shards differently
+    for preset in S.PRESETS:
+        rules = S.get_rules(preset)
+        loaded = jdllm.load(path, mesh=mesh, rules=preset)
+        params = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(loaded))}
+        host = {k: np.asarray(x) for k, x in params.items()}
+        checked = set()
+        for name, w in weights.items():
+            axes = _hf_axes(family, name)
+            layouts = [(w, axes)] + ([(w.T, axes[::-1])] if w.ndim == 2 else [])  # as stored, or transposed
+            matches = [(k, a) for k, x in host.items() for stored, a in layouts
+                       if x.shape == stored.shape and np.array_equal(x, stored)]
+            assert len(matches) == 1, f"{name}: {len(matches)} parameters hold its values"
+            key, axes = matches[0]
+            want = rules.spec(axes, host[key].shape, mesh, what=name)
+            got = params[key].sharding.spec
+            assert got == want, f"{preset}: {name} -> {key}: {got} != {want}"
+            checked.add(key)
+        assert checked == set(params), f"parameters without an HF tensor: {set(params) - checked}"
+
+
+# -- structure ---------------------------------------------------------------------------------------------------
+
+
+def _jdllm_imports(root):
+    """module -> the jdllm modules it imports anywhere in its source (top level or inside functions)."""
+    import ast
+
+    modules = {".".join(f.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): f
+               for f in root.rglob("*.py")}
+    graph = {}
+    for name, f in modules.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: strip level - 1 trailing parts of the package
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+                deps.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_no_import_circle():
+    """No jdllm module reaches itself through imports, counting those inside functions (a lazy import hides a
+    circle from the interpreter, not from the design)."""
+    import pathlib
+
+    graph = _jdllm_imports(pathlib.Path(jdllm.__file__).parent)
+
+    def circle_from(start):
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in graph.get(node, ()):
+                if dep == start:
+                    return trail + (start,)
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, trail + (dep,)))
+        return None
+
+    circles = [" -> ".join(c) for c in map(circle_from, sorted(graph)) if c]
+    assert not circles, "import circles:\n" + "\n".join(circles)
+    assert "jdllm.models.partitioning" in graph["jdllm.models.transformer"]

@@ -22,8 +22,8 @@ from jdllm.decode.canvas import Canvas, slice_rows, update_rows
 from jdllm.decode.policies.base import CommitPolicy, StepContext
 from jdllm.decode.proposal import propose
 from jdllm.decode.schedules.semi_ar import SemiAutoregressive
+from jdllm.decode.sharding import CANVAS_AXES
 from jdllm.models.transformer import Transformer, positions_from_mask
-from jdllm.sharding import activation_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class DecodeSpec:
     schedule: SemiAutoregressive
     temperature: float = 0.0
     max_iters: int = 1 << 30
-    sharding: Any = None  # a jdllm.sharding.ShardingPlan (mesh + rules) for a sharded decode; None: one device
+    sharding: Any = None  # a jdllm.decode.sharding.ShardingPlan (mesh + rules) for a sharded decode; None: one device
 
 
 @struct.dataclass
@@ -72,13 +72,15 @@ def _constrain(spec: DecodeSpec, st: DecodeState) -> DecodeState:
     plan = spec.sharding
     if plan is None:
         return st
-    return st.replace(tokens=plan.constrain(st.tokens, ("batch", "seq"), "canvas tokens"),
+    return st.replace(tokens=plan.constrain(st.tokens, CANVAS_AXES, "canvas tokens"),
                       cache=plan.constrain_cache(st.cache))
 
 
 def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: jax.Array, st: DecodeState) -> DecodeState:
     """One denoising iteration for every row: forward (per the cache strategy), propose, commit, advance."""
-    with activation_sharding(spec.sharding):  # model activations pinned by the plan's rules (no-op: one device)
+    if spec.sharding is None:
+        return _decode_step(spec, model, canvas, row_keys, st)
+    with spec.sharding.activations():  # model activations pinned by the plan's rules
         return _decode_step(spec, model, canvas, row_keys, st)
 
 

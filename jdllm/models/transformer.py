@@ -21,7 +21,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.models.config import ModelConfig
-from jdllm.sharding import RESIDUAL_AXES, constrain_activation
+from jdllm.models.partitioning import RESIDUAL_AXES, constrain_activation
 
 KV = tuple[Float[Array, "B T Hkv Dh"], Float[Array, "B T Hkv Dh"]]
 KVMerge = Callable[[int, jax.Array, jax.Array], KV]

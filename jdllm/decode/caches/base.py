@@ -11,6 +11,7 @@ another row refreshes its cache do not commit and do not count an NFE).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.decode.canvas import Canvas, slice_rows
+from jdllm.decode.sharding import KV_CACHE_AXES
 from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
 
@@ -28,6 +30,7 @@ class KVCache:
 
     k: Float[Array, "N B T H D"]
     v: Float[Array, "N B T H D"]
+    LOGICAL_AXES: ClassVar[dict[str, tuple[str, ...]]] = {"k": KV_CACHE_AXES, "v": KV_CACHE_AXES}  # sharded decode
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> "KVCache":
