@@ -83,7 +83,7 @@ def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
 @dataclasses.dataclass
 class GenerateOutput:
     """tokens [B, gen_length] (numpy); nfe [B]: forward evaluations each row took, counted as the reference
-    counts them; iterations: loop iterations of the batch (>= max(nfe) when rows idled during refreshes)."""
+    counts them; iterations: loop iterations of the batch (= max(nfe): rows never idle)."""
 
     tokens: np.ndarray
     nfe: np.ndarray

@@ -15,8 +15,12 @@ is predicted from a real output; that extra row's K/V still come from the cache.
 instead commits the block's first token unconditionally at the refresh; jdllm does not copy that hack.)
 
 `refresh_every=k` also re-runs the full forward every k steps inside a block. Rows of a batch refresh when
-*they* start a block; in an iteration where some row refreshes, the other rows idle (no commit, no NFE), so a
-row's tokens never depend on its neighbours.
+*they* start a block. In an iteration where only some rows refresh, the refreshing rows take the full forward's
+logits and the others take a cached step over their unchanged caches, in the same iteration: every row computes
+exactly what it computes alone (batch-invariant tokens and NFE), and no row idles, so a ragged batch needs as many
+iterations as its slowest row. (The alternative, refreshing every row whenever one does, would be cheaper per
+iteration but changes a row's tokens with its neighbours; an iteration where every live row refreshes runs the
+full forward alone.)
 """
 
 from __future__ import annotations
@@ -52,12 +56,19 @@ class _BlockKVCache(CacheStrategy):
 
         def do_refresh(cache):
             logits, kvs = full_window_logits(model, canvas, window_start, width)
-            return logits, KVCache.stack(kvs).where_rows(needs, cache), needs
+            return logits, KVCache.stack(kvs).where_rows(needs, cache), live
+
+        def do_both(cache):
+            # Rows that do not refresh step on their old cache in the same iteration (nobody idles).
+            full, new_cache, _ = do_refresh(cache)
+            cached = self.cached_logits(model, canvas, window_start, width, cache)
+            return jnp.where(needs[:, None, None], full, cached), new_cache, live
 
         def do_cached(cache):
             return self.cached_logits(model, canvas, window_start, width, cache), cache, live
 
-        return jax.lax.cond(jnp.any(needs), do_refresh, do_cached, cache)
+        branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(jnp.any(needs), 1, 2))
+        return jax.lax.switch(branch, (do_refresh, do_both, do_cached), cache)
 
 
 @dataclasses.dataclass(frozen=True)
