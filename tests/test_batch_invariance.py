@@ -78,3 +78,20 @@ def test_no_row_idles_in_a_batch(family, cache, rule, jd_models):
     takes exactly as many iterations as its slowest row (no iteration is spent idling)."""
     _, (_, nfe), iterations = _run(jd_models[family], family, rule, cache)
     assert iterations == int(nfe.max()), f"{iterations} iterations for a slowest row of {int(nfe.max())} NFE"
+
+
+@pytest.mark.parametrize("cache", ["dual", "prefix"])
+def test_six_ragged_rows_equal_alone_through_every_refresh_branch(cache, jd_models):
+    """Six rows of different lengths finish blocks at different steps, so iterations refresh 1, 2, 3 (more than
+    the largest sub-batch of 2... 4) or all rows: every branch of the partial refresh must give each row its
+    batch-1 tokens and NFE."""
+    model = jd_models["llada"]
+    rng = np.random.default_rng(7)
+    prompts = [list(rng.integers(3, 60, size=n)) for n in (3, 9, 5, 14, 7, 11)]
+    kw = dict(gen_length=24, block_length=8, steps=24, threshold=0.6, cache=cache)
+    batched = jdllm.generate(model, prompts, **kw)
+    for i, p in enumerate(prompts):
+        alone = jdllm.generate(model, [p], **kw)
+        np.testing.assert_array_equal(batched.tokens[i], alone.tokens[0], err_msg=f"row {i}")
+        assert int(batched.nfe[i]) == int(alone.nfe[0])
+    assert batched.iterations == int(batched.nfe.max())

@@ -15,12 +15,15 @@ is predicted from a real output; that extra row's K/V still come from the cache.
 instead commits the block's first token unconditionally at the refresh; jdllm does not copy that hack.)
 
 `refresh_every=k` also re-runs the full forward every k steps inside a block. Rows of a batch refresh when
-*they* start a block. In an iteration where only some rows refresh, the refreshing rows take the full forward's
-logits and the others take a cached step over their unchanged caches, in the same iteration: every row computes
-exactly what it computes alone (batch-invariant tokens and NFE), and no row idles, so a ragged batch needs as many
-iterations as its slowest row. (The alternative, refreshing every row whenever one does, would be cheaper per
-iteration but changes a row's tokens with its neighbours; an iteration where every live row refreshes runs the
-full forward alone.)
+*they* start a block, so in a ragged batch a few rows refresh while the others are mid-block. Such an iteration
+gathers the refreshing rows into a sub-batch (the smallest power of two that holds them, up to half the batch; a
+static size per `lax.switch` branch), runs the full forward on that sub-batch only, and scatters logits and K/V back; the other
+rows take a cached step over their unchanged caches in the same iteration. So every row computes exactly what it
+computes alone (batch-invariant tokens and NFE), no row idles (a ragged batch needs as many iterations as its
+slowest row), and a refresh costs full forwards for the rows that refresh, not for the whole batch. (Refreshing
+every row whenever one does would be cheaper still, but would change a row's tokens with its neighbours.) The
+price is compile time: one full forward per sub-batch size (1, 2, 4, ... up to B / 2, and B) besides the cached
+step.
 """
 
 from __future__ import annotations
@@ -53,13 +56,29 @@ class _BlockKVCache(CacheStrategy):
         if self.refresh_every is not None:
             needs = needs | (step_in_block % self.refresh_every == 0)
         needs = needs & live
+        batch = needs.shape[0]
+        sizes = _sub_batch_sizes(batch)
 
         def do_refresh(cache):
             logits, kvs = full_window_logits(model, canvas, window_start, width)
             return logits, KVCache.stack(kvs).where_rows(needs, cache), live
 
-        def do_both(cache):
-            # Rows that do not refresh step on their old cache in the same iteration (nobody idles).
+        def refresh_some(size):
+            def run(cache):
+                # the refreshing rows first (stable), the first `size` rows gathered into a sub-batch
+                rows = jnp.argsort(~needs, stable=True)[:size]
+                sub = canvas.replace(tokens=canvas.tokens[rows], valid=canvas.valid[rows],
+                                     positions=canvas.positions[rows])
+                sub_logits, kvs = full_window_logits(model, sub, window_start[rows], width)
+                keep = needs[rows]
+                fresh = KVCache.stack(kvs).where_rows(keep, cache.take_rows(rows))
+                cached = self.cached_logits(model, canvas, window_start, width, cache)
+                logits = cached.at[rows].set(jnp.where(keep[:, None, None], sub_logits, cached[rows]))
+                return logits, cache.put_rows(rows, fresh), live
+            return run
+
+        def refresh_many(cache):
+            # more rows refresh than the largest sub-batch holds: full forward for the batch, cached step too
             full, new_cache, _ = do_refresh(cache)
             cached = self.cached_logits(model, canvas, window_start, width, cache)
             return jnp.where(needs[:, None, None], full, cached), new_cache, live
@@ -67,8 +86,23 @@ class _BlockKVCache(CacheStrategy):
         def do_cached(cache):
             return self.cached_logits(model, canvas, window_start, width, cache), cache, live
 
-        branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(jnp.any(needs), 1, 2))
-        return jax.lax.switch(branch, (do_refresh, do_both, do_cached), cache)
+        n_refresh = jnp.sum(needs)
+        # branch 0: every live row refreshes (one full forward); 1..len(sizes): a sub-batch of sizes[i - 1];
+        # len(sizes) + 1: more rows than the largest sub-batch; last: nobody refreshes (cached step only)
+        sub_branch = 1 + jnp.searchsorted(jnp.asarray(sizes), n_refresh)
+        branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(n_refresh > 0, sub_branch, len(sizes) + 2))
+        branches = (do_refresh, *(refresh_some(k) for k in sizes), refresh_many, do_cached)
+        return jax.lax.switch(branch, branches, cache)
+
+
+def _sub_batch_sizes(batch: int) -> tuple[int, ...]:
+    """Static sub-batch sizes for partial refreshes: powers of two up to half the batch (more refreshing rows
+    than that run the full-batch forward)."""
+    sizes, k = [], 1
+    while 2 * k <= batch:
+        sizes.append(k)
+        k *= 2
+    return tuple(sizes) or (1,)
 
 
 @dataclasses.dataclass(frozen=True)
