@@ -370,6 +370,13 @@ def constrain_activation(x, logical):
     return x if plan is None else plan.constrain(x, logical, "activation")
 
 
+def active_batch_shards() -> int:
+    """How many ways the active plan splits the batch dimension (1 without a plan): a strategy that gathers a
+    sub-batch keeps it a multiple of this."""
+    plan = _ACTIVE_PLAN.get()
+    return 1 if plan is None else plan.size("batch")
+
+
 def plan_for(params, mesh: Mesh | None, rules: ShardingRules | str | None, model_rules=None) -> ShardingPlan | None:
     """The plan of a decode: `mesh` if given, else the params' mesh; None (the single-device path) when neither
     spans more than one device."""

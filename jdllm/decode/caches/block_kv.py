@@ -57,7 +57,9 @@ class _BlockKVCache(CacheStrategy):
             needs = needs | (step_in_block % self.refresh_every == 0)
         needs = needs & live
         batch = needs.shape[0]
-        sizes = _sub_batch_sizes(batch)
+        from jdllm.sharding import active_batch_shards  # (import circle: sharding -> caches.base)
+
+        sizes = _sub_batch_sizes(batch, active_batch_shards())
 
         def do_refresh(cache):
             logits, kvs = full_window_logits(model, canvas, window_start, width)
@@ -89,20 +91,21 @@ class _BlockKVCache(CacheStrategy):
         n_refresh = jnp.sum(needs)
         # branch 0: every live row refreshes (one full forward); 1..len(sizes): a sub-batch of sizes[i - 1];
         # len(sizes) + 1: more rows than the largest sub-batch; last: nobody refreshes (cached step only)
-        sub_branch = 1 + jnp.searchsorted(jnp.asarray(sizes), n_refresh)
+        sub_branch = 1 + jnp.searchsorted(jnp.asarray(sizes, jnp.int32), n_refresh) if sizes else 1
         branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(n_refresh > 0, sub_branch, len(sizes) + 2))
         branches = (do_refresh, *(refresh_some(k) for k in sizes), refresh_many, do_cached)
         return jax.lax.switch(branch, branches, cache)
 
 
-def _sub_batch_sizes(batch: int) -> tuple[int, ...]:
-    """Static sub-batch sizes for partial refreshes: powers of two up to half the batch (more refreshing rows
-    than that run the full-batch forward)."""
-    sizes, k = [], 1
+def _sub_batch_sizes(batch: int, shards: int = 1) -> tuple[int, ...]:
+    """Static sub-batch sizes for partial refreshes: `shards` x powers of two, up to half the batch (more
+    refreshing rows than that run the full-batch forward). Under a sharded decode a sub-batch stays a multiple
+    of the batch's shard count; none at all when the batch has fewer than two rows per shard."""
+    sizes, k = [], shards
     while 2 * k <= batch:
         sizes.append(k)
         k *= 2
-    return tuple(sizes) or (1,)
+    return tuple(sizes)
 
 
 @dataclasses.dataclass(frozen=True)
