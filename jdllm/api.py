@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jdllm import sharding as sharding_lib
+from jdllm.decode.buckets import DEFAULT_PROMPT_BUCKETS, bucket_width
 from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
 from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
@@ -86,7 +87,7 @@ def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
 @dataclasses.dataclass
 class GenerateOutput:
     """tokens [B, gen_length] (numpy); nfe [B]: forward evaluations each row took, counted as the reference
-    counts them; iterations: loop iterations of the batch (>= max(nfe) when rows idled during refreshes)."""
+    counts them; iterations: loop iterations of the batch (= max(nfe): rows never idle)."""
 
     tokens: np.ndarray
     nfe: np.ndarray
@@ -108,8 +109,12 @@ def _as_prompt_list(prompts) -> list[list[int]]:
     return [list(map(int, p)) for p in prompts]
 
 
-def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None):
+def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None,
+                 prompt_buckets: Sequence[int] | None = None):
     """Left-pad prompts into a canvas [B, P + gen_length] with masks in the generation region.
+
+    P is `prompt_length` when given, else the bucket of the longest prompt (`jdllm.decode.buckets`; exact
+    when `prompt_buckets` is None or empty).
 
     Returns (tokens, valid, P). Raises ValueError on empty prompts, mask ids or out-of-vocabulary ids in a
     prompt, a prompt longer than `prompt_length`, or a canvas longer than the model's maximum length.
@@ -124,7 +129,10 @@ def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None
         if bad:
             raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary of {cfg.vocab_size}")
     longest = max(map(len, rows))
-    width = longest if prompt_length is None else prompt_length
+    if prompt_length is None:
+        width = bucket_width(longest, prompt_buckets, max(cfg.max_seq_len - gen_length, longest))
+    else:
+        width = prompt_length
     if width < longest:
         raise ValueError(f"a prompt has {longest} tokens, more than prompt_length={prompt_length}")
     if width + gen_length > cfg.max_seq_len:
@@ -195,6 +203,7 @@ def generate(
     seed: int = 0,
     row_ids: Sequence[int] | None = None,
     prompt_length: int | None = None,
+    prompt_buckets: Sequence[int] | None = DEFAULT_PROMPT_BUCKETS,
     debug: bool = False,
     mesh=None,
     rules=None,
@@ -208,8 +217,10 @@ def generate(
     `block_length` defaults to gen_length (one global window), `steps` to gen_length. `eos_early_stop` ends a
     row once a finished block holds EOS and fills its later blocks with EOS (off by default, as in the references). `row_ids` name the
     rows for the per-row random streams (default 0..B-1): give a prompt the same id and seed and its sampled
-    tokens do not depend on the rest of the batch. `prompt_length` pads prompts to a fixed width so that calls
-    with different prompt lengths reuse one compiled program. `debug=True` runs the same step body from a
+    tokens do not depend on the rest of the batch. Prompts are left-padded to the next width of `prompt_buckets`
+    (multiples of 64 up to 512, then powers of two; None: the longest prompt's exact width), so calls with
+    different prompt lengths reuse a handful of compiled programs (same tokens: padding is batch-invariant);
+    `prompt_length` fixes an exact width instead. `debug=True` runs the same step body from a
     Python loop.
 
     `mesh` (any `jax.sharding.Mesh`, Auto or Explicit axes; when None, the mesh the model's parameters live on,
@@ -232,7 +243,7 @@ def generate(
         policy = make_policy(steps, sched.block_length, sched.n_blocks, remasking, threshold, factor, factor_quirk,
                              alg, alg_temp, eps, gen_length)
     strategy = make_cache(cache, cfg_scale, refresh_every)
-    tokens, valid, width = pack_prompts(prompts, cfg, gen_length, prompt_length)
+    tokens, valid, width = pack_prompts(prompts, cfg, gen_length, prompt_length, prompt_buckets)
     batch = tokens.shape[0]
     ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
     if ids.shape != (batch,):

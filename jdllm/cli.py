@@ -21,6 +21,20 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "margin", "entropy"])
     p.add_argument("--seed", type=int, default=0)
+    _add_cache_flag(p)
+
+
+def _add_cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not read or write the persistent XLA compilation cache (~/.cache/jdllm/xla; "
+                        "JDLLM_COMPILE_CACHE=0 does the same)")
+
+
+def _enable_compile_cache(args) -> None:
+    if not getattr(args, "no_compile_cache", False):
+        from jdllm import compile_cache
+
+        compile_cache.enable()
 
 
 def _decode_kwargs(args, gen_length: int, model_config) -> dict:
@@ -40,6 +54,7 @@ def cmd_generate(args) -> int:
     import jdllm
     from jdllm.shipped import load_bundle
 
+    _enable_compile_cache(args)
     bundle = load_bundle(args.model)
     gen_length = args.gen_length or bundle.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
@@ -78,6 +93,7 @@ def cmd_convert(args) -> int:
 def cmd_bench(args) -> int:
     from jdllm.bench import run_bench_cli
 
+    _enable_compile_cache(args)
     return run_bench_cli(args)
 
 
@@ -104,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="write the JSON report here")
     b.add_argument("--plot", default=None, help="write an accuracy-vs-tokens/s Pareto PNG here")
     b.add_argument("--no-progress", action="store_true")
+    _add_cache_flag(b)
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("convert", help="convert a checkpoint between HF and orbax layouts")

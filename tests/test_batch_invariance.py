@@ -48,13 +48,13 @@ def _run(model, family, rule, cache):
             o = jdllm.generate(model, [p], **kw)
             alone.append((np.asarray(o.tokens)[0], int(np.asarray(o.nfe)[0])))
         o = jdllm.generate(model, BATCH_PROMPTS, **kw)
-        _results[key] = (alone, (np.asarray(o.tokens), np.asarray(o.nfe)))
+        _results[key] = (alone, (np.asarray(o.tokens), np.asarray(o.nfe)), o.iterations)
     return _results[key]
 
 
 @pytest.mark.parametrize("family,cache,rule", CASES)
 def test_alone_equals_batched(family, cache, rule, jd_models):
-    alone, (tokens, nfe) = _run(jd_models[family], family, rule, cache)
+    alone, (tokens, nfe), _ = _run(jd_models[family], family, rule, cache)
     assert tokens.shape == (len(BATCH_PROMPTS), BATCH_GEN) and nfe.shape == (len(BATCH_PROMPTS),)
     for i, (t, n) in enumerate(alone):
         np.testing.assert_array_equal(tokens[i], t, err_msg=f"row {i} (prompt length {len(BATCH_PROMPTS[i])})")
@@ -63,10 +63,35 @@ def test_alone_equals_batched(family, cache, rule, jd_models):
 
 @pytest.mark.parametrize("family,cache,rule", CASES)
 def test_batched_equals_reference(family, cache, rule, jd_models, ref_models):
-    alone, (tokens, nfe) = _run(jd_models[family], family, rule, cache)
+    alone, (tokens, nfe), _ = _run(jd_models[family], family, rule, cache)
     steps = rule_steps(rule, BATCH_GEN, BATCH_BLOCK, BATCH_TOPK_STEPS)
     for i, p in enumerate(BATCH_PROMPTS):
         want, want_nfe = fastdllm_generate(ref_models[family], p, BATCH_GEN, BATCH_BLOCK, steps, cache=cache,
                                            **ref_kwargs(rule))
         np.testing.assert_array_equal(tokens[i], want, err_msg=f"row {i} (prompt length {len(p)})")
         assert int(nfe[i]) == want_nfe
+
+
+@pytest.mark.parametrize("family,cache,rule", CASES)
+def test_no_row_idles_in_a_batch(family, cache, rule, jd_models):
+    """Rows refresh their caches at different iterations; the others step in the same iteration, so the batch
+    takes exactly as many iterations as its slowest row (no iteration is spent idling)."""
+    _, (_, nfe), iterations = _run(jd_models[family], family, rule, cache)
+    assert iterations == int(nfe.max()), f"{iterations} iterations for a slowest row of {int(nfe.max())} NFE"
+
+
+@pytest.mark.parametrize("cache", ["dual", "prefix"])
+def test_six_ragged_rows_equal_alone_through_every_refresh_branch(cache, jd_models):
+    """Six rows of different lengths finish blocks at different steps, so iterations refresh 1, 2, 3 (more than
+    the largest sub-batch of 2... 4) or all rows: every branch of the partial refresh must give each row its
+    batch-1 tokens and NFE."""
+    model = jd_models["llada"]
+    rng = np.random.default_rng(7)
+    prompts = [list(rng.integers(3, 60, size=n)) for n in (3, 9, 5, 14, 7, 11)]
+    kw = dict(gen_length=24, block_length=8, steps=24, threshold=0.6, cache=cache)
+    batched = jdllm.generate(model, prompts, **kw)
+    for i, p in enumerate(prompts):
+        alone = jdllm.generate(model, [p], **kw)
+        np.testing.assert_array_equal(batched.tokens[i], alone.tokens[0], err_msg=f"row {i}")
+        assert int(batched.nfe[i]) == int(alone.nfe[0])
+    assert batched.iterations == int(batched.nfe.max())

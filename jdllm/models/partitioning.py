@@ -364,3 +364,13 @@ def constrain_activation(x, logical):
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, rules.spec(logical, x.shape, mesh, "activation")))
+
+
+def active_batch_shards() -> int:
+    """How many ways the active rules split the batch dimension (1 when none are active): a cache strategy that
+    gathers a sub-batch of rows keeps it a multiple of this."""
+    active = _ACTIVE.get()
+    if active is None:
+        return 1
+    mesh, rules = active
+    return math.prod(mesh.shape[a] for a in rules.mesh_axes("batch") if a in mesh.shape)

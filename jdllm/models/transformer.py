@@ -74,15 +74,13 @@ def attention(
     v: Float[Array, "B T Hkv Dh"],
     key_valid: Bool[Array, "B T"],
 ) -> Float[Array, "B Q H Dh"]:
-    """Bidirectional scaled dot-product attention with grouped K/V heads; invalid (padding) keys get no weight."""
-    b, nq, h, dh = q.shape
-    hkv = k.shape[2]
-    qg = q.reshape(b, nq, hkv, h // hkv, dh)
-    scores = jnp.einsum("bqkgd,btkd->bkgqt", qg, k, preferred_element_type=jnp.float32) * dh**-0.5
-    scores = jnp.where(key_valid[:, None, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqt,btkd->bqkgd", probs, v)
-    return out.reshape(b, nq, h, dh)
+    """Bidirectional scaled dot-product attention with grouped K/V heads; invalid (padding) keys get no weight.
+
+    Through `jax.nn.dot_product_attention` with `implementation=None`: JAX picks the fused cuDNN kernel on GPU
+    where it applies (bf16 / f16) and XLA elsewhere. The XLA path is the reference computation: scores in
+    float32 (`preferred_element_type`), softmax in float32, probabilities cast to the value dtype.
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :])
 
 
 class Block(nnx.Module):

@@ -41,6 +41,12 @@ class KVCache:
     def stack(cls, kvs) -> "KVCache":
         return cls(jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
 
+    def take_rows(self, rows: Int[Array, "R"]) -> "KVCache":
+        return KVCache(self.k[:, rows], self.v[:, rows])
+
+    def put_rows(self, rows: Int[Array, "R"], sub: "KVCache") -> "KVCache":
+        return KVCache(self.k.at[:, rows].set(sub.k), self.v.at[:, rows].set(sub.v))
+
     def where_rows(self, rows: Bool[Array, "B"], other: "KVCache") -> "KVCache":
         sel = rows[None, :, None, None, None]
         return KVCache(jnp.where(sel, self.k, other.k), jnp.where(sel, self.v, other.v))

@@ -15,8 +15,15 @@ is predicted from a real output; that extra row's K/V still come from the cache.
 instead commits the block's first token unconditionally at the refresh; jdllm does not copy that hack.)
 
 `refresh_every=k` also re-runs the full forward every k steps inside a block. Rows of a batch refresh when
-*they* start a block; in an iteration where some row refreshes, the other rows idle (no commit, no NFE), so a
-row's tokens never depend on its neighbours.
+*they* start a block, so in a ragged batch a few rows refresh while the others are mid-block. Such an iteration
+gathers the refreshing rows into a sub-batch (the smallest power of two that holds them, up to half the batch; a
+static size per `lax.switch` branch), runs the full forward on that sub-batch only, and scatters logits and K/V back; the other
+rows take a cached step over their unchanged caches in the same iteration. So every row computes exactly what it
+computes alone (batch-invariant tokens and NFE), no row idles (a ragged batch needs as many iterations as its
+slowest row), and a refresh costs full forwards for the rows that refresh, not for the whole batch. (Refreshing
+every row whenever one does would be cheaper still, but would change a row's tokens with its neighbours.) The
+price is compile time: one full forward per sub-batch size (1, 2, 4, ... up to B / 2, and B) besides the cached
+step.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax.numpy as jnp
 
 from jdllm.decode.caches.base import CacheStrategy, KVCache, full_window_logits, window_head
 from jdllm.decode.canvas import row_range, slice_rows, update_rows
+from jdllm.models.partitioning import active_batch_shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +57,54 @@ class _BlockKVCache(CacheStrategy):
         if self.refresh_every is not None:
             needs = needs | (step_in_block % self.refresh_every == 0)
         needs = needs & live
+        batch = needs.shape[0]
+        sizes = _sub_batch_sizes(batch, active_batch_shards())
 
         def do_refresh(cache):
             logits, kvs = full_window_logits(model, canvas, window_start, width)
-            return logits, KVCache.stack(kvs).where_rows(needs, cache), needs
+            return logits, KVCache.stack(kvs).where_rows(needs, cache), live
+
+        def refresh_some(size):
+            def run(cache):
+                # the refreshing rows first (stable), the first `size` rows gathered into a sub-batch
+                rows = jnp.argsort(~needs, stable=True)[:size]
+                sub = canvas.replace(tokens=canvas.tokens[rows], valid=canvas.valid[rows],
+                                     positions=canvas.positions[rows])
+                sub_logits, kvs = full_window_logits(model, sub, window_start[rows], width)
+                keep = needs[rows]
+                fresh = KVCache.stack(kvs).where_rows(keep, cache.take_rows(rows))
+                cached = self.cached_logits(model, canvas, window_start, width, cache)
+                logits = cached.at[rows].set(jnp.where(keep[:, None, None], sub_logits, cached[rows]))
+                return logits, cache.put_rows(rows, fresh), live
+            return run
+
+        def refresh_many(cache):
+            # more rows refresh than the largest sub-batch holds: full forward for the batch, cached step too
+            full, new_cache, _ = do_refresh(cache)
+            cached = self.cached_logits(model, canvas, window_start, width, cache)
+            return jnp.where(needs[:, None, None], full, cached), new_cache, live
 
         def do_cached(cache):
             return self.cached_logits(model, canvas, window_start, width, cache), cache, live
 
-        return jax.lax.cond(jnp.any(needs), do_refresh, do_cached, cache)
+        n_refresh = jnp.sum(needs)
+        # branch 0: every live row refreshes (one full forward); 1..len(sizes): a sub-batch of sizes[i - 1];
+        # len(sizes) + 1: more rows than the largest sub-batch; last: nobody refreshes (cached step only)
+        sub_branch = 1 + jnp.searchsorted(jnp.asarray(sizes, jnp.int32), n_refresh) if sizes else 1
+        branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(n_refresh > 0, sub_branch, len(sizes) + 2))
+        branches = (do_refresh, *(refresh_some(k) for k in sizes), refresh_many, do_cached)
+        return jax.lax.switch(branch, branches, cache)
+
+
+def _sub_batch_sizes(batch: int, shards: int = 1) -> tuple[int, ...]:
+    """Static sub-batch sizes for partial refreshes: `shards` x powers of two, up to half the batch (more
+    refreshing rows than that run the full-batch forward). Under a sharded decode a sub-batch stays a multiple
+    of the batch's shard count; none at all when the batch has fewer than two rows per shard."""
+    sizes, k = [], shards
+    while 2 * k <= batch:
+        sizes.append(k)
+        k *= 2
+    return tuple(sizes)
 
 
 @dataclasses.dataclass(frozen=True)

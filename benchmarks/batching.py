@@ -1,0 +1,96 @@
+"""Batch 1 vs a ragged batch of 8: seconds per prompt on the shipped default model, per recipe, side by side.
+
+    python benchmarks/batching.py --out benchmarks/results/batching_cpu.json
+
+For each recipe, the same 8 held-out questions (different prompt lengths) are decoded one call per prompt
+(batch 1) and in one left-padded call (batch 8). Every shape is compiled once before timing (compile time is
+reported apart); each timing is the median of `--repeats` runs. Per-prompt seconds = wall time of all calls / 8.
+Rows are batch-invariant, so both ways give the same tokens (checked). The claim under test (issue 13): batch 8
+is never slower per prompt than batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jdllm  # noqa: E402
+from jdllm.bench import machine_info  # noqa: E402
+from jdllm.recipes import recipe_kwargs  # noqa: E402
+from jdllm.shipped import load_bundle  # noqa: E402
+from jdllm.tasks.arithmetic import make_problems  # noqa: E402
+
+RECIPES = ("vanilla", "fast_dllm_parallel", "fast_dllm_dual_parallel", "frechet_prefix")
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_recipe(bundle, name: str, prompts: list[list[int]], gen_length: int, repeats: int) -> dict:
+    kw = recipe_kwargs(name, gen_length, model_config=bundle.model.config)
+    width = max(map(len, prompts))
+    one = lambda p: jdllm.generate(bundle.model, [p], gen_length=gen_length, prompt_length=width, **kw)
+    many = lambda: jdllm.generate(bundle.model, prompts, gen_length=gen_length, prompt_length=width, **kw)
+    first1, _ = _timed(lambda: one(prompts[0]))
+    first8, _ = _timed(many)
+    singles, batched = [], []
+    for _ in range(repeats):
+        dt, outs = _timed(lambda: [one(p) for p in prompts])
+        singles.append(dt)
+        dt, out8 = _timed(many)
+        batched.append(dt)
+    alone = np.concatenate([o.tokens for o in outs])
+    if not np.array_equal(alone, out8.tokens):
+        raise AssertionError(f"{name}: batch-8 tokens differ from batch-1 tokens")
+    s1, s8 = statistics.median(singles) / len(prompts), statistics.median(batched) / len(prompts)
+    return {
+        "recipe": name,
+        "s_per_prompt_batch1": s1,
+        "s_per_prompt_batch8": s8,
+        "speedup_batch8": s1 / s8,
+        "nfe_batch1": [int(o.nfe[0]) for o in outs],
+        "nfe_batch8": out8.nfe.tolist(),
+        "iterations_batch8": out8.iterations,
+        "compile_s_batch1": max(first1 - statistics.median(singles) / len(prompts), 0.0),
+        "compile_s_batch8": max(first8 - statistics.median(batched), 0.0),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--gen-length", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    bundle = load_bundle()
+    problems = make_problems(8, split="test", seed=args.seed)
+    prompts = [bundle.encode_prompt(p.question) for p in problems]
+    rows = [bench_recipe(bundle, r, prompts, args.gen_length, args.repeats) for r in args.recipes.split(",")]
+    print(f"{'recipe':28s} {'s/prompt b1':>12s} {'s/prompt b8':>12s} {'b8 speedup':>10s}")
+    for r in rows:
+        print(f"{r['recipe']:28s} {r['s_per_prompt_batch1']:12.4f} {r['s_per_prompt_batch8']:12.4f} "
+              f"{r['speedup_batch8']:9.2f}x")
+    report = {"machine": machine_info(), "gen_length": args.gen_length, "repeats": args.repeats,
+              "prompt_lengths": sorted(map(len, prompts)), "command": "python benchmarks/batching.py " +
+              " ".join(argv if argv is not None else sys.argv[1:]), "results": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=repr))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
