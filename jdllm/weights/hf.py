@@ -70,16 +70,16 @@ def read_hf_config(directory: str | os.PathLike, dtype: str | None = None) -> Mo
 
 
 def first_non_finite(arr: jax.Array | np.ndarray) -> str | None:
-    """None when every value of `arr` is finite, else a description of the non-finite values."""
-    arr = jnp.asarray(arr)
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
+    """None when every value of `arr` is finite, else a description of the non-finite values (checked on the
+    host, one tensor at a time, so that no program is compiled per shape)."""
+    host = np.asarray(jax.device_get(arr))
+    if not (np.issubdtype(host.dtype, np.floating) or host.dtype == np.dtype(ml_dtypes.bfloat16)):
         return None
-    bad = ~jnp.isfinite(arr)
-    count = int(jnp.sum(bad))
-    if not count:
+    bad = ~np.isfinite(host)
+    if not bad.any():
         return None
-    index = np.unravel_index(int(jnp.argmax(bad.ravel())), arr.shape)
-    return f"{count} of {arr.size} values are NaN/inf (first at index {tuple(map(int, index))}: {arr[index]})"
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), host.shape))
+    return f"{int(bad.sum())} of {host.size} values are NaN/inf (first at index {index}: {host[index]})"
 
 
 def _default_place(arr: np.ndarray, dtype) -> jax.Array:

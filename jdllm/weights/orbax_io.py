@@ -87,9 +87,9 @@ def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     state = _restore(directory, abstract)
     if check_finite:
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state)):
             problem = first_non_finite(leaf)
             if problem:
-                raise ValueError(f"{directory}/{ORBAX_PARAMS}: parameter {jax.tree_util.keystr(path)}: {problem} "
-                                 "(check_finite=True)")
+                name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                raise ValueError(f"{directory}/{ORBAX_PARAMS}: parameter {name}: {problem} (check_finite=True)")
     return nnx.merge(graphdef, state)
