@@ -457,3 +457,22 @@ def test_a_save_stopped_or_killed_at_random_points_loads_old_or_new(tmp_path, se
         jdllm.load(work / "ckpt"), make_model(1, rope_theta=20000.0))
     jdllm.save(make_model(0), work / "ckpt", format="hf")  # the next save removes the killed save's leftovers
     assert os.listdir(work) == ["ckpt"]
+
+
+@pytest.mark.parametrize("command", ["generate", "convert"])
+def test_cli_refuses_non_finite_weights(tmp_path, capsys, command):
+    from jdllm.cli import main
+    from jdllm.shipped import default_model_dir
+    from jdllm.weights.safetensors_io import SafetensorsFile, save_file
+
+    d = tmp_path / "nan"
+    shutil.copytree(default_model_dir(), d)
+    st = SafetensorsFile(d / "model.safetensors")
+    tensors = {n: np.array(st.get(n)) for n in st.names()}
+    del st
+    tensors[LN_F][3] = np.inf
+    save_file(tensors, d / "model.safetensors")
+    argv = ["generate", "--model", str(d), "1+1="] if command == "generate" else ["convert", str(d), str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert f"{d / 'model.safetensors'}: tensor '{LN_F}': 1 of" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
