@@ -37,7 +37,8 @@ def read_orbax_config(directory: str) -> ModelConfig:
     """The ModelConfig of `directory/jdllm_config.json`; errors name the file and what is wrong."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{directory}: orbax checkpoint without {CONFIG_FILE} (holds {', '.join(orbax_files(directory))})")
+        held = ", ".join(orbax_files(directory))
+        raise ValueError(f"{directory}: orbax checkpoint without {CONFIG_FILE} (holds {held})")
     if not os.path.isdir(os.path.join(directory, ORBAX_PARAMS)):
         raise ValueError(f"{directory}: orbax checkpoint without its {ORBAX_PARAMS}/ directory")
     try:
