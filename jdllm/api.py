@@ -25,42 +25,56 @@ from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
 from jdllm.decode.policies.dream import DreamAlgorithm
 from jdllm.decode.schedules import SemiAutoregressive
 from jdllm.models.transformer import Transformer
-from jdllm.models.config import config_from_hf
-from jdllm.weights.hf import load_hf, read_config, save_hf
-from jdllm.weights.orbax_io import is_orbax_dir, load_orbax, save_orbax
+from jdllm.weights.checkpoint_dir import checkpoint_format, leftovers
+from jdllm.weights.hf import load_hf, read_hf_config, save_hf
+from jdllm.weights.orbax_io import load_orbax, save_orbax
 
 
-def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None) -> Transformer:
+def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None,
+         check_finite: bool = False) -> Transformer:
     """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
 
     With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
     `jdllm.sharding.make_mesh(...)`; Explicit axes are used through the mesh's Auto twin), every tensor is
     placed on its shards as it is read (each device reads only its slice of the memory-mapped safetensors, or
     orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name;
-    default tensor-parallel).
+    default tensor-parallel). `check_finite=True` raises on the first parameter holding NaN/inf (the CLI turns it on).
+
+    A damaged or inconsistent checkpoint (truncated / corrupt safetensors, bad index or config.json, damaged
+    orbax params, a directory holding both formats) raises a ValueError naming the file and what is wrong;
+    no partial model is returned.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no model directory at {path}")
+        left = leftovers(path)
+        hint = f" (an interrupted save left {', '.join(left)})" if left else ""
+        raise FileNotFoundError(f"no model directory at {path}{hint}")
+    orbax = checkpoint_format(path) == "orbax"
     if mesh is None:
         if rules is not None:
             raise ValueError("rules= needs a mesh=")
-        if is_orbax_dir(path):
-            return load_orbax(path, dtype)
-        return load_hf(path, dtype)
+        if orbax:
+            return load_orbax(path, dtype, check_finite=check_finite)
+        return load_hf(path, dtype, check_finite=check_finite)
     rules = sharding_lib.get_rules(rules)
     mesh = sharding_lib.usable_mesh(mesh, rules)
-    if is_orbax_dir(path):
-        model = load_orbax(path, dtype, mesh=mesh, rules=rules)
+    if orbax:
+        model = load_orbax(path, dtype, mesh=mesh, rules=rules, check_finite=check_finite)
     else:
-        sharding_lib.check_model(config_from_hf(read_config(path), dtype), mesh, rules)
-        model = load_hf(path, dtype, place=sharding_lib.hf_placer(mesh, rules))
+        sharding_lib.check_model(read_hf_config(path, dtype), mesh, rules)
+        model = load_hf(path, dtype, place=sharding_lib.hf_placer(mesh, rules), check_finite=check_finite)
     model.sharding_rules = rules
     return model
 
 
 def save(model: Transformer, path: str | os.PathLike, format: str = "orbax") -> None:
-    """Save a model: `format="orbax"` (params + jdllm config) or `"hf"` (the family's HF layout)."""
+    """Save a model: `format="orbax"` (params + jdllm config) or `"hf"` (the family's HF layout).
+
+    Atomic: written into a temporary sibling directory, fsynced, then swapped in for `path`, so a killed save
+    leaves the old checkpoint or the new one, never a mix. A checkpoint of either format at `path` is replaced
+    (never two formats in one directory); other files there (tokenizer.json, generation_config.json, ...) are
+    carried over; a non-empty `path` holding no checkpoint is refused.
+    """
     if format == "orbax":
         save_orbax(model, path)
     elif format == "hf":

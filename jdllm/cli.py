@@ -55,7 +55,7 @@ def cmd_generate(args) -> int:
     from jdllm.shipped import load_bundle
 
     _enable_compile_cache(args)
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, check_finite=True)
     gen_length = args.gen_length or bundle.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
     ids = [bundle.tokenizer.encode(bundle.format_prompt(q, raw=args.raw)) for q in args.prompt]
@@ -84,7 +84,7 @@ def cmd_recipes(args) -> int:
 def cmd_convert(args) -> int:
     import jdllm
 
-    model = jdllm.load(args.src, dtype=args.dtype)
+    model = jdllm.load(args.src, dtype=args.dtype, check_finite=True)
     jdllm.save(model, args.dst, format=args.to)
     print(f"wrote {args.to} checkpoint to {args.dst}")
     return 0

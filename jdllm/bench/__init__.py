@@ -204,7 +204,7 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
 
 
 def run_bench_cli(args) -> int:
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, check_finite=True)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
                        repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress)

@@ -104,7 +104,7 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
     commit, policy_state = spec.policy.select(proposal, candidates, ctx, st.policy_state)
     window = jnp.where(commit & candidates, proposal.tokens, window)
     finished = active & ~jnp.any(window == mask_id, axis=-1)
-    block, all_blocks_done, eos_fill = sched.advance(st.block, finished, window, model.config.eos_id)
+    block, all_blocks_done, eos_fill = sched.advance(st.block, finished, window, model.config.eos_ids)
     tokens = update_rows(st.tokens, window, start)
     if model.config.eos_id is not None:
         after = jnp.arange(tokens.shape[1])[None, :] >= (start + width)[:, None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from typing import Any, Literal
 
 import jax.numpy as jnp
@@ -22,10 +23,17 @@ LLADA_MASK_ID = 126336
 DREAM_MASK_ID = 151666
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shapes, special ids and layout of a masked-diffusion transformer.
 
+    `eos_id` is the end-of-sequence id jdllm writes (EOS fill after an early stop) and cuts answers at;
+    `extra_eos_ids` holds the further ids of a list-valued HF `eos_token_id` (its first entry is `eos_id`). As HF
+    generation stops on any of them, `eos_early_stop` ends a row on a block holding any of `eos_ids`.
     `head_dim` defaults to d_model // n_heads. `logit_alignment` "shifted" means the logits used for position i
     are the model's outputs at i-1 (Dream; the first position copies output 0, as the reference does).
     """
@@ -42,6 +50,7 @@ class ModelConfig:
     eos_id: int | None = None
     pad_id: int | None = None
     eot_id: int | None = None
+    extra_eos_ids: tuple[int, ...] = ()
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     qkv_bias: bool = False
@@ -60,6 +69,14 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ValueError(f"mask_id={self.mask_id} outside the vocabulary of {self.vocab_size}")
+        for name in ("mask_id", "eos_id", "pad_id", "eot_id"):
+            value = getattr(self, name)
+            if not (value is None and name != "mask_id") and not _is_int(value):
+                raise ValueError(f"{name} must be an integer{' or None' if name != 'mask_id' else ''}, got {value!r}")
+        if type(self.extra_eos_ids) is not tuple or not all(map(_is_int, self.extra_eos_ids)):
+            raise ValueError(f"extra_eos_ids must be a tuple of integers, got {self.extra_eos_ids!r}")
+        if self.extra_eos_ids and self.eos_id is None:
+            raise ValueError(f"extra_eos_ids={self.extra_eos_ids} needs an eos_id")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.logit_alignment not in ("same", "shifted"):
@@ -70,6 +87,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.d_model // self.n_heads
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: `eos_id` first, then `extra_eos_ids`."""
+        return () if self.eos_id is None else (self.eos_id, *self.extra_eos_ids)
 
     @property
     def shift(self) -> int:
@@ -92,10 +114,65 @@ class ModelConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in data and f.default is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"missing ModelConfig fields: {missing}")
+        if isinstance(data.get("extra_eos_ids"), list):
+            data = {**data, "extra_eos_ids": tuple(data["extra_eos_ids"])}
         return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+class _Keys:
+    """Typed reads of an HF `config.json` dict; every problem is a ValueError naming `source` and the key."""
+
+    def __init__(self, hf: dict[str, Any], source: str):
+        self.hf, self.source = hf, source
+
+    def fail(self, key: str, what: str) -> ValueError:
+        return ValueError(f"{self.source}: key {key!r} {what}")
+
+    def int(self, key: str, default: Any = ..., alt: str | None = None) -> int | None:
+        """An integer (a float with an integral value is accepted, as JSON writers emit 4096.0); `alt` is a key
+        read first when present and non-null (e.g. LLaDA's embedding_size before vocab_size)."""
+        if alt is not None and self.hf.get(alt) is not None:
+            key = alt
+        if key not in self.hf:
+            if default is ...:
+                raise self.fail(key, "is missing")
+            return default
+        value = self.hf[key]
+        if value is None and default is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if type(value) is not int:
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float) -> float:
+        value = self.hf.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.hf.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def eos_ids(self, default: int) -> tuple[int | None, tuple[int, ...]]:
+        """`eos_token_id` as (first id, further ids): HF allows an int or a list of ints (generation ends on any)."""
+        value = self.hf.get("eos_token_id", default)
+        if isinstance(value, list):
+            if not value or not all(type(v) is int for v in value):
+                raise self.fail("eos_token_id", f"must be an integer or a non-empty list of integers, got {value!r}")
+            return value[0], tuple(dict.fromkeys(v for v in value[1:] if v != value[0]))
+        return self.int("eos_token_id", default), ()
 
 
 def _dtype_from_hf(hf: dict[str, Any], default: str) -> str:
@@ -103,71 +180,92 @@ def _dtype_from_hf(hf: dict[str, Any], default: str) -> str:
     return {"bfloat16": "bfloat16", "float16": "float16"}.get(torch_dtype, "float32")
 
 
-def config_from_llada(hf: dict[str, Any], dtype: str | None = None) -> ModelConfig:
+def config_from_llada(hf: dict[str, Any], dtype: str | None = None, source: str = "config.json") -> ModelConfig:
     """LLaDA's `config.json` (keys `d_model`, `n_heads`, `n_kv_heads`, `mlp_hidden_size`, ...) -> ModelConfig."""
     for flag, want in (("alibi", False), ("scale_logits", False), ("input_emb_norm", False)):
         if bool(hf.get(flag, want)) != want:
-            raise ValueError(f"LLaDA config sets {flag}={hf.get(flag)!r}, which jdllm does not implement")
+            raise ValueError(f"{source}: LLaDA config sets {flag}={hf.get(flag)!r}, which jdllm does not implement")
     if hf.get("include_bias", False):
-        raise ValueError("LLaDA config sets include_bias=true, which jdllm does not implement")
+        raise ValueError(f"{source}: LLaDA config sets include_bias=true, which jdllm does not implement")
     if hf.get("rope", True) is False:
-        raise ValueError("LLaDA config sets rope=false; jdllm implements rotary positions only")
-    n_heads = int(hf["n_heads"])
-    vocab = int(hf.get("embedding_size") or hf["vocab_size"])
-    return ModelConfig(
+        raise ValueError(f"{source}: LLaDA config sets rope=false; jdllm implements rotary positions only")
+    k = _Keys(hf, source)
+    n_heads = k.int("n_heads")
+    vocab = k.int("vocab_size", alt="embedding_size")
+    eos_id, extra_eos = k.eos_ids(126081)
+    return _build(k, dict(
         family="llada",
         vocab_size=vocab,
-        d_model=int(hf["d_model"]),
-        n_layers=int(hf["n_layers"]),
+        d_model=k.int("d_model"),
+        n_layers=k.int("n_layers"),
         n_heads=n_heads,
-        n_kv_heads=int(hf.get("n_kv_heads") or n_heads),
-        mlp_hidden_size=int(hf["mlp_hidden_size"]),
-        max_seq_len=int(hf.get("max_sequence_length", 4096)),
-        mask_id=int(hf.get("mask_token_id", LLADA_MASK_ID)),
-        eos_id=hf.get("eos_token_id", 126081),
-        pad_id=hf.get("pad_token_id", 126081),
-        eot_id=hf.get("eot_token_id", 126348 if vocab > 126348 else None),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-        qkv_bias=bool(hf.get("include_qkv_bias", False)),
-        tie_embeddings=bool(hf.get("weight_tying", False)),
+        n_kv_heads=k.int("n_kv_heads", None) or n_heads,
+        mlp_hidden_size=k.int("mlp_hidden_size"),
+        max_seq_len=k.int("max_sequence_length", 4096),
+        mask_id=k.int("mask_token_id", LLADA_MASK_ID),
+        eos_id=eos_id,
+        extra_eos_ids=extra_eos,
+        pad_id=k.int("pad_token_id", 126081),
+        eot_id=k.int("eot_token_id", 126348 if vocab > 126348 else None),
+        rope_theta=k.float("rope_theta", 10000.0),
+        rms_norm_eps=k.float("rms_norm_eps", 1e-5),
+        qkv_bias=k.bool("include_qkv_bias", False),
+        tie_embeddings=k.bool("weight_tying", False),
         logit_alignment="same",
         dtype=dtype or _dtype_from_hf(hf, "float32"),
-    )
+    ))
 
 
-def config_from_dream(hf: dict[str, Any], dtype: str | None = None) -> ModelConfig:
+def config_from_dream(hf: dict[str, Any], dtype: str | None = None, source: str = "config.json") -> ModelConfig:
     """Dream's Qwen2-style `config.json` -> ModelConfig (GQA, q/k/v biases, shifted logits)."""
     if hf.get("rope_scaling"):
-        raise ValueError(f"Dream config sets rope_scaling={hf['rope_scaling']!r}, which jdllm does not implement")
-    n_heads = int(hf["num_attention_heads"])
-    return ModelConfig(
+        raise ValueError(f"{source}: Dream config sets rope_scaling={hf['rope_scaling']!r}, which jdllm does not "
+                         "implement")
+    k = _Keys(hf, source)
+    n_heads = k.int("num_attention_heads")
+    eos_id, extra_eos = k.eos_ids(151643)
+    return _build(k, dict(
         family="dream",
-        vocab_size=int(hf["vocab_size"]),
-        d_model=int(hf["hidden_size"]),
-        n_layers=int(hf["num_hidden_layers"]),
+        vocab_size=k.int("vocab_size"),
+        d_model=k.int("hidden_size"),
+        n_layers=k.int("num_hidden_layers"),
         n_heads=n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        mlp_hidden_size=int(hf["intermediate_size"]),
-        max_seq_len=int(hf.get("max_position_embeddings", 131072)),
-        mask_id=int(hf.get("mask_token_id", DREAM_MASK_ID)),
-        eos_id=hf.get("eos_token_id", 151643),
-        pad_id=hf.get("pad_token_id", 151643),
-        rope_theta=float(hf.get("rope_theta", 1e6)),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        n_kv_heads=k.int("num_key_value_heads", None) or n_heads,
+        mlp_hidden_size=k.int("intermediate_size"),
+        max_seq_len=k.int("max_position_embeddings", 131072),
+        mask_id=k.int("mask_token_id", DREAM_MASK_ID),
+        eos_id=eos_id,
+        extra_eos_ids=extra_eos,
+        pad_id=k.int("pad_token_id", 151643),
+        rope_theta=k.float("rope_theta", 1e6),
+        rms_norm_eps=k.float("rms_norm_eps", 1e-6),
         qkv_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=k.bool("tie_word_embeddings", False),
         logit_alignment="shifted",
         dtype=dtype or _dtype_from_hf(hf, "float32"),
-    )
+    ))
 
 
-def config_from_hf(hf: dict[str, Any], dtype: str | None = None) -> ModelConfig:
-    """Pick the family from `model_type` / `architectures` of an HF `config.json`."""
+def _build(k: _Keys, fields: dict[str, Any]) -> ModelConfig:
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:
+        raise ValueError(f"{k.source}: {e}") from None
+
+
+def config_from_hf(hf: dict[str, Any], dtype: str | None = None, source: str = "config.json") -> ModelConfig:
+    """Pick the family from `model_type` / `architectures` of an HF `config.json`; `source` (the file) prefixes
+    every error, which names the key at fault (missing, wrong type, unsupported value)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source}: must hold a JSON object, got {type(hf).__name__}")
     kind = str(hf.get("model_type", "")).lower()
-    archs = " ".join(hf.get("architectures") or []).lower()
+    archs = hf.get("architectures") or []
+    if not isinstance(archs, list):
+        raise ValueError(f"{source}: key 'architectures' must be a list of names, got {archs!r}")
+    archs = " ".join(map(str, archs)).lower()
     if kind == "llada" or "llada" in archs or "d_model" in hf:
-        return config_from_llada(hf, dtype)
+        return config_from_llada(hf, dtype, source)
     if kind == "dream" or "dream" in archs:
-        return config_from_dream(hf, dtype)
-    raise ValueError(f"unsupported model_type {hf.get('model_type')!r} (architectures {hf.get('architectures')})")
+        return config_from_dream(hf, dtype, source)
+    raise ValueError(f"{source}: unsupported model_type {hf.get('model_type')!r} (architectures "
+                     f"{hf.get('architectures')}); jdllm reads LLaDA and Dream configs")

@@ -132,7 +132,7 @@ def main(argv=None):
                "mask_token_id": tok.mask_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     export_llada(result.model, tok, args.out, generation_config=gen_cfg)
     # Evaluate the exported files (what ships), not the in-memory parameters.
-    model = load_hf(args.out)
+    model = load_hf(args.out, check_finite=True)
     t_eval = time.time()
     acc, preds = evaluate(model, test_problems, GEN_LEN, 32, tokenizer=tok, batch_size=100, prompt_len=PROMPT_LEN,
                           return_predictions=True, progress=True)

@@ -8,11 +8,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
 from jdllm.models.config import ModelConfig, config_from_hf
 from jdllm.models.transformer import Transformer
+from jdllm.weights.checkpoint_dir import atomic_checkpoint_dir
 from jdllm.weights.keymaps import describe_unexpected, expected_names
 from jdllm.weights.safetensors_io import open_checkpoint, save_file, write_sharded
 
@@ -48,25 +50,52 @@ def model_from_arrays(cfg: ModelConfig, arrays: dict[tuple, jax.Array]) -> Trans
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of `directory/config.json`; errors name the file."""
     path = os.path.join(str(directory), "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no config.json")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            conf = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(conf).__name__}")
+    return conf
+
+
+def read_hf_config(directory: str | os.PathLike, dtype: str | None = None) -> ModelConfig:
+    """`config_from_hf` of `directory/config.json`, its errors naming that file and the key at fault."""
+    return config_from_hf(read_config(directory), dtype, source=os.path.join(str(directory), "config.json"))
+
+
+def first_non_finite(arr: jax.Array | np.ndarray) -> str | None:
+    """None when every value of `arr` is finite, else a description of the non-finite values (checked on the
+    host, one tensor at a time, so that no program is compiled per shape)."""
+    host = np.asarray(jax.device_get(arr))
+    if not (np.issubdtype(host.dtype, np.floating) or host.dtype == np.dtype(ml_dtypes.bfloat16)):
+        return None
+    bad = ~np.isfinite(host)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), host.shape))
+    return f"{int(bad.sum())} of {host.size} values are NaN/inf (first at index {index}: {host[index]})"
 
 
 def _default_place(arr: np.ndarray, dtype) -> jax.Array:
     return jnp.asarray(np.asarray(arr).astype(dtype))
 
 
-def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Callable | None = None) -> Transformer:
+def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Callable | None = None,
+            check_finite: bool = False) -> Transformer:
     """Load an HF-layout LLaDA or Dream checkpoint through the family's declarative key map.
 
-    Raises a ValueError naming the tensor on a missing, unexpected or mis-shaped tensor. `place(path, read,
-    shape, dtype)` may put each parameter on its devices (sharded loading); by default the whole tensor is read
-    and placed on the default device.
+    Raises a ValueError naming the file and tensor on a missing, unexpected, mis-shaped or (with `check_finite`)
+    NaN/inf-holding tensor, and naming the file on a corrupt safetensors file or config.json (see
+    `safetensors_io.read_header`, `config_from_hf`). `place(path, read, shape, dtype)` may put each parameter on
+    its devices (sharded loading); by default the whole tensor is read and placed on the default device.
     """
-    cfg = config_from_hf(read_config(directory), dtype)
+    cfg = read_hf_config(directory, dtype)
     want = expected_names(cfg)
     files = open_checkpoint(directory)
     missing = sorted(set(want) - set(files))
@@ -74,7 +103,7 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
         raise ValueError(f"{directory}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     unexpected = sorted(set(files) - set(want))
     if unexpected:
-        raise ValueError(f"{directory}: " + describe_unexpected(unexpected[0]) + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+        raise ValueError(f"{files[unexpected[0]].path}: " + describe_unexpected(unexpected[0]) + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     _, abstract = abstract_model(cfg)
     shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf.shape
               for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract))}
@@ -86,7 +115,9 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
         got = stored[::-1] if transform == "T" else stored
         if tuple(got) != tuple(shapes[key]):
             expect = tuple(shapes[key])[::-1] if transform == "T" else tuple(shapes[key])
-            raise ValueError(f"{directory}: tensor {name!r} has shape {tuple(stored)}, expected {expect}")
+            raise ValueError(f"{st.path}: tensor {name!r} has shape {tuple(stored)}, expected {expect}")
+        if not np.issubdtype(st.dtype(name), np.floating) and st.dtype(name) != np.dtype(ml_dtypes.bfloat16):
+            raise ValueError(f"{st.path}: tensor {name!r} has dtype {st.dtype(name)}, expected a float dtype")
 
         def read(index=(), name=name, st=st, transform=transform):
             arr = st.get(name)
@@ -97,7 +128,15 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
             arrays[key] = _default_place(read(), cfg.jnp_dtype)
         else:
             arrays[key] = place(key, read, tuple(shapes[key]), cfg.jnp_dtype)
+        problem = first_non_finite(arrays[key]) if check_finite else None
+        if problem:
+            raise ValueError(f"{st.path}: tensor {name!r}: {problem} (check_finite=True)")
     return model_from_arrays(cfg, arrays)
+
+
+def _eos_value(cfg: ModelConfig) -> int | list[int] | None:
+    """HF's `eos_token_id`: a list when the config has further EOS ids, else the single id."""
+    return list(cfg.eos_ids) if cfg.extra_eos_ids else cfg.eos_id
 
 
 def hf_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -109,7 +148,7 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
             "mlp_hidden_size": cfg.mlp_hidden_size, "mlp_ratio": cfg.mlp_hidden_size // cfg.d_model,
             "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps, "vocab_size": cfg.vocab_size,
             "embedding_size": cfg.vocab_size, "max_sequence_length": cfg.max_seq_len,
-            "mask_token_id": cfg.mask_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id,
+            "mask_token_id": cfg.mask_id, "eos_token_id": _eos_value(cfg), "pad_token_id": cfg.pad_id,
             "eot_token_id": cfg.eot_id,
             "weight_tying": cfg.tie_embeddings, "include_bias": False, "include_qkv_bias": cfg.qkv_bias,
             "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
@@ -122,7 +161,7 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta,
         "rms_norm_eps": cfg.rms_norm_eps, "mask_token_id": cfg.mask_id, "pad_token_id": cfg.pad_id,
-        "eos_token_id": cfg.eos_id, "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
+        "eos_token_id": _eos_value(cfg), "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
         "torch_dtype": cfg.dtype,
     }
 
@@ -140,12 +179,18 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
 
 
 def save_hf(model: Transformer, directory: str | os.PathLike, n_files: int = 1) -> None:
-    """Write `config.json` and safetensors in the family's HF layout (several files + index if n_files > 1)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(str(directory), "config.json"), "w") as f:
-        json.dump(hf_config(model.config), f, indent=2)
+    """Write `config.json` and safetensors in the family's HF layout (several files + index if n_files > 1).
+
+    Atomic (`checkpoint_dir.atomic_checkpoint_dir`): the files are written and fsynced in a temporary sibling
+    that then replaces `directory`; an orbax checkpoint there is replaced, other files are carried over.
+    """
+    if type(n_files) is not int or n_files < 1:
+        raise ValueError(f"n_files must be a positive integer, got {n_files!r}")
     tensors = hf_tensors(model)
-    if n_files == 1:
-        save_file(tensors, os.path.join(str(directory), "model.safetensors"))
-    else:
-        write_sharded(tensors, directory, n_files)
+    with atomic_checkpoint_dir(directory) as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config(model.config), f, indent=2)
+        if n_files == 1:
+            save_file(tensors, os.path.join(tmp, "model.safetensors"))
+        else:
+            write_sharded(tensors, tmp, n_files)

@@ -11,34 +11,68 @@ from flax import nnx
 
 from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
-from jdllm.weights.hf import abstract_model
+from jdllm.weights.checkpoint_dir import ORBAX_CONFIG, ORBAX_PARAMS, atomic_checkpoint_dir, orbax_files
+from jdllm.weights.hf import abstract_model, first_non_finite
 
-CONFIG_FILE = "jdllm_config.json"
+CONFIG_FILE = ORBAX_CONFIG
 
 
 def is_orbax_dir(directory: str | os.PathLike) -> bool:
-    return os.path.exists(os.path.join(str(directory), CONFIG_FILE))
+    """Whether `directory` holds (part of) an orbax checkpoint: `jdllm_config.json` or `params/`."""
+    return bool(orbax_files(os.fspath(directory)))
 
 
 def save_orbax(model: Transformer, directory: str | os.PathLike) -> None:
-    """Save params and config; overwrites an existing checkpoint in `directory`."""
-    directory = os.path.abspath(str(directory))
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        f.write(model.config.to_json())
+    """Save params (orbax) and config (`jdllm_config.json`); replaces a checkpoint of either format in
+    `directory` atomically (`checkpoint_dir.atomic_checkpoint_dir`), carrying other files over."""
     params = nnx.state(model, nnx.Param)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, "params"), params, force=True)
+    with atomic_checkpoint_dir(directory) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, ORBAX_PARAMS), params)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            f.write(model.config.to_json())
+
+
+def read_orbax_config(directory: str) -> ModelConfig:
+    """The ModelConfig of `directory/jdllm_config.json`; errors name the file and what is wrong."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(path):
+        held = ", ".join(orbax_files(directory))
+        raise ValueError(f"{directory}: orbax checkpoint without {CONFIG_FILE} (holds {held})")
+    if not os.path.isdir(os.path.join(directory, ORBAX_PARAMS)):
+        raise ValueError(f"{directory}: orbax checkpoint without its {ORBAX_PARAMS}/ directory")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _restore(directory: str, abstract):
+    params_dir = os.path.join(directory, ORBAX_PARAMS)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(params_dir, abstract)
+    except Exception as e:  # orbax / tensorstore raise many types; all mean a damaged or mismatched checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{params_dir}: orbax could not restore the parameters for the config in {CONFIG_FILE} "
+                         f"(damaged or mismatched checkpoint): {type(e).__name__}: {first[:500]}") from e
 
 
 def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings=None, mesh=None,
-               rules=None) -> Transformer:
+               rules=None, check_finite: bool = False) -> Transformer:
     """Restore a model saved by `save_orbax`. `shardings` (a pytree of Shardings like the params), or `mesh`
     with `rules` (`jdllm.sharding`; default tensor-parallel), places each array on its shards as it is
-    restored (no array is materialised whole on one device)."""
+    restored (no array is materialised whole on one device). `dtype` casts every parameter on restore.
+    Errors (config, damaged params, with `check_finite` a NaN/inf parameter) are ValueErrors naming the path."""
     directory = os.path.abspath(str(directory))
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
+    cfg = read_orbax_config(directory)
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     graphdef, abstract = abstract_model(cfg)
@@ -52,6 +86,11 @@ def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings
         shardings = sharding_lib.param_shardings(abstract, mesh, rules)
     if shardings is not None:
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(os.path.join(directory, "params"), abstract)
+    state = _restore(directory, abstract)
+    if check_finite:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state)):
+            problem = first_non_finite(leaf)
+            if problem:
+                name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                raise ValueError(f"{directory}/{ORBAX_PARAMS}: parameter {name}: {problem} (check_finite=True)")
     return nnx.merge(graphdef, state)

@@ -35,12 +35,9 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
-        with open(self.path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        self.metadata = header.pop("__metadata__", {}) or {}
+        header, self._data_start = read_header(self.path)
+        self.metadata = header.pop("__metadata__", None) or {}
         self.header = header
-        self._data_start = 8 + n
         self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
 
     def names(self) -> list[str]:
@@ -60,6 +57,66 @@ class SafetensorsFile:
         begin, end = info["data_offsets"]
         raw = self._mmap[self._data_start + begin : self._data_start + end]
         return raw.view(self.dtype(name)).reshape(info["shape"])
+
+
+def _fail(path: str, what: str) -> ValueError:
+    return ValueError(f"{path}: not a valid safetensors file: {what}")
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    """Parse and check a safetensors header against the file (the checks of the reference `safetensors` crate).
+
+    Returns (header, offset of the data). ValueError naming the file (and tensor) when the file is shorter than
+    its 8-byte length prefix, the header length exceeds the file, the header is not a JSON object, a tensor has an
+    unknown dtype, a bad shape, or data_offsets that do not fit its dtype x shape, overlap, leave a gap, or do
+    not end exactly at the end of the file.
+    """
+    size = os.path.getsize(path)
+    if size < 8:
+        raise _fail(path, f"{size} bytes, shorter than the 8-byte header length (truncated?)")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise _fail(path, f"header length {n} exceeds the {size - 8} bytes after the length prefix (truncated?)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(path, f"header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not isinstance(meta, dict):
+        raise _fail(path, "__metadata__ is not an object")
+    spans = sorted((_check_entry(path, name, info), name) for name, info in header.items() if name != "__metadata__")
+    expect = 0
+    for (begin, end), name in spans:
+        if begin != expect:
+            what = "overlaps the previous tensor" if begin < expect else f"leaves a gap of {begin - expect} bytes"
+            raise _fail(path, f"tensor {name!r}: data_offsets [{begin}, {end}] {what}")
+        expect = end
+    if 8 + n + expect != size:
+        raise _fail(path, f"the header's tensors end at byte {8 + n + expect}, but the file has {size} bytes"
+                    + (" (truncated?)" if size < 8 + n + expect else ""))
+    return header, 8 + n
+
+
+def _check_entry(path: str, name: str, info) -> tuple[int, int]:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise _fail(path, f"tensor {name!r}: entry must hold dtype, shape and data_offsets, got {info!r}")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if code not in _DTYPES:
+        raise _fail(path, f"tensor {name!r}: unsupported dtype {code!r} (known: {', '.join(_DTYPES)})")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise _fail(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise _fail(path, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[code].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise _fail(path, f"tensor {name!r}: data_offsets {offsets} span {offsets[1] - offsets[0]} bytes, but "
+                    f"{code} x {shape} needs {nbytes}")
+    return offsets[0], offsets[1]
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None):
@@ -92,14 +149,23 @@ def open_checkpoint(directory: str | os.PathLike) -> dict[str, SafetensorsFile]:
     directory = str(directory)
     index_path = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index_path):
-        with open(index_path) as f:
-            weight_map: dict[str, str] = json.load(f)["weight_map"]
-        files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in sorted(set(weight_map.values()))}
+        weight_map = read_index(index_path)
+        files = {}
+        for fn in sorted(set(weight_map.values())):
+            if not os.path.isfile(os.path.join(directory, fn)):
+                listing = sorted(n for n, f in weight_map.items() if f == fn)
+                raise ValueError(f"{index_path}: lists {fn} (for {listing[0]!r} and {len(listing) - 1} more), "
+                                 f"which is not in {directory}")
+            files[fn] = SafetensorsFile(os.path.join(directory, fn))
         out = {}
         for name, fn in weight_map.items():
             if name not in files[fn].header:
-                raise ValueError(f"index lists {name!r} in {fn}, but that file does not hold it")
+                raise ValueError(f"{index_path}: lists {name!r} in {fn}, but that file does not hold it")
             out[name] = files[fn]
+        for fn, st in files.items():
+            unlisted = sorted(set(st.names()) - set(weight_map))
+            if unlisted:
+                raise ValueError(f"{st.path}: holds tensor {unlisted[0]!r}, which {index_path} does not list")
         return out
     paths = sorted(p for p in os.listdir(directory) if p.endswith(".safetensors"))
     if not paths:
@@ -112,6 +178,22 @@ def open_checkpoint(directory: str | os.PathLike) -> dict[str, SafetensorsFile]:
                 raise ValueError(f"tensor {name!r} appears in both {out[name].path} and {st.path}")
             out[name] = st
     return out
+
+
+def read_index(index_path: str) -> dict[str, str]:
+    """The `weight_map` of a `model.safetensors.index.json`; ValueError naming the file on bad JSON or layout."""
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{index_path}: not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index_path}: needs a 'weight_map' object of tensor name -> file name")
+    bad = [v for v in weight_map.values() if os.path.basename(v) != v or not v.endswith(".safetensors")]
+    if bad:
+        raise ValueError(f"{index_path}: weight_map names {bad[0]!r}, not a .safetensors file of the directory")
+    return weight_map
 
 
 def write_sharded(tensors: dict[str, np.ndarray], directory: str | os.PathLike, n_files: int) -> list[str]:

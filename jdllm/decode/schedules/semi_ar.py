@@ -44,14 +44,16 @@ class SemiAutoregressive(BlockSchedule):
     def window_offset(self, block):
         return jnp.minimum(block, self.n_blocks - 1) * self.block_length
 
-    def advance(self, block: Int[Array, "B"], block_finished: Bool[Array, "B"], window: Int[Array, "B W"], eos_id):
+    def advance(self, block: Int[Array, "B"], block_finished: Bool[Array, "B"], window: Int[Array, "B W"],
+                eos_ids: tuple[int, ...]):
         """Next block index, whether the row is done, and whether its remaining blocks are to be filled with EOS.
 
         With `eos_early_stop` (dInfer / LocalLeap style early stop, not in the LLaDA or Fast-dLLM references), a
-        row whose finished block contains EOS is done: an instruct model fills everything after EOS with EOS.
+        row whose finished block contains EOS (any of `eos_ids`, as HF generation stops on any of a list-valued
+        eos_token_id) is done: an instruct model fills everything after EOS with EOS.
         """
         stop = jnp.zeros_like(block_finished)
-        if self.eos_early_stop and eos_id is not None:
-            stop = block_finished & jnp.any(window == eos_id, axis=-1)
+        if self.eos_early_stop and eos_ids:
+            stop = block_finished & jnp.any(jnp.isin(window, jnp.asarray(eos_ids, window.dtype)), axis=-1)
         block = block + block_finished.astype(block.dtype)
         return block, (block >= self.n_blocks) | stop, stop
