@@ -209,3 +209,18 @@ def _note_argmax(diag: DreamDiagnostics, probs: np.ndarray, x0: np.ndarray, mask
     top = -np.sort(-probs, axis=-1)
     diag.min_argmax_gap = min(diag.min_argmax_gap, float(np.min(top[:, 0] - top[:, 1])))
     diag.committed_mask |= bool(np.any(x0 == mask_id))
+
+
+def sample_tokens_confidence(logits: np.ndarray, x0: np.ndarray, temperature: float, alg: str) -> np.ndarray:
+    """`sample_tokens`' confidence for given draws x0 [M] at temperature T >= 0 (no top-p / top-k), float32:
+    probs = softmax(logits / T) (softmax(logits) at T = 0); p(x0), p(1) - p(2) or sum p log(p + 1e-10)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    probs = softmax_f32(logits / F32(temperature) if temperature > 0 else logits)
+    if alg == "maskgit_plus":
+        return np.take_along_axis(probs, np.asarray(x0)[..., None], axis=-1)[..., 0]
+    if alg == "topk_margin":
+        top = -np.sort(-probs, axis=-1)
+        return top[..., 0] - top[..., 1]
+    if alg == "entropy":
+        return np.sum(probs * np.log(probs + ENTROPY_EPS), axis=-1, dtype=np.float32)
+    raise ValueError(f"alg must be maskgit_plus, topk_margin or entropy, got {alg!r}")
