@@ -83,12 +83,13 @@ def _top_n(score, n):
 
 def _entropy_case():
     """Two near-certain positions whose order flips with the 1e-10 inside Dream's log: position 0 has 63 tokens
-    at p = 1e-12, position 1 one token at p = 7e-11; positions 2, 3 are uniform (clearly last)."""
+    at p = 1e-12, position 1 one token at p = 7e-11 (the rest at e^-60, tiny but not 0, so that log(p) stays
+    finite without the epsilon); positions 2, 3 are uniform (clearly last)."""
     v = 64
     lp = np.full((1, 4, v), -np.log(v), np.float32)
     lp[0, 0] = np.log(1e-12)
     lp[0, 0, 0] = np.log1p(-63e-12)
-    lp[0, 1] = -200.0
+    lp[0, 1] = -60.0
     lp[0, 1, 0], lp[0, 1, 1] = np.log1p(-7e-11), np.log(7e-11)
     return lp
 
@@ -96,8 +97,10 @@ def _entropy_case():
 def test_entropy_uses_the_epsilon_inside_the_log():
     lp = _entropy_case()
     official = dream_sampler.sample_tokens_confidence(lp[0], np.zeros(4, int), 0.0, "entropy")
-    exact = np.sum(np.exp(lp[0]) * lp[0], axis=-1)  # sum p log p without the epsilon
-    assert official[0] > official[1] and exact[0] < exact[1]  # the case tells the two apart
+    probs = dream_sampler.softmax_f32(lp[0])
+    no_eps = np.sum(probs * np.log(probs), axis=-1)  # sum p log p, float32 probabilities, no epsilon
+    exact = np.sum(np.exp(lp[0]) * lp[0], axis=-1)  # sum p log p with exact log-probabilities
+    assert official[0] > official[1] and no_eps[0] < no_eps[1] and exact[0] < exact[1]  # the case tells them apart
     policy = DreamAlgorithm("entropy", steps=2, gen_length=4)
     assert policy.counts[0] == 1
     proposal = propose(jnp.asarray(lp), 0.0, None, mask_id=63)
