@@ -100,7 +100,8 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
         proposal = spec.sharding.propose(logits, spec.temperature, noise_keys, mask_id)
     window = slice_rows(st.tokens, start, width)
     candidates = (window == mask_id) & active[:, None]
-    ctx = StepContext(step_in_block=st.step_in_block, block_start=st.step_in_block == 0, keys=keys)
+    ctx = StepContext(step_in_block=st.step_in_block, block_start=st.step_in_block == 0, keys=keys,
+                      temperature=spec.temperature)
     commit, policy_state = spec.policy.select(proposal, candidates, ctx, st.policy_state)
     window = jnp.where(commit & candidates, proposal.tokens, window)
     finished = active & ~jnp.any(window == mask_id, axis=-1)

@@ -23,6 +23,7 @@ class StepContext:
     step_in_block: Int[Array, "B"]     # steps this row has already taken in its current block
     block_start: Bool[Array, "B"]      # this step is the first of the row's block (reset rule state here)
     keys: jax.Array                    # one PRNG key per row for this step (derived from seed, row id, row step)
+    temperature: float = struct.field(pytree_node=False, default=0.0)  # the decode's (static) sampling temperature
 
 
 @dataclasses.dataclass(frozen=True)
