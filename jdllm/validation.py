@@ -262,7 +262,9 @@ def check_prompts(prompts, cfg) -> list[list[int]]:
         if arr.ndim not in (1, 2):
             raise ValueError(f"prompt array must be [B, L], got shape {arr.shape}")
         rows = [_check_token_row(i, r) for i, r in enumerate(arr[None] if arr.ndim == 1 else arr)]
-    elif not isinstance(prompts, Sequence) or len(prompts) == 0:
+    elif not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of token lists or a [B, L] int array, got {_type_name(prompts)}")
+    elif len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token lists or a [B, L] int array")
     elif all(is_int(t) for t in prompts):
         rows = [[int(t) for t in prompts]]
