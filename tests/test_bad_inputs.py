@@ -256,16 +256,23 @@ def test_estimate_is_linear_in_the_batch_and_quadratic_in_the_canvas(tiny):
     assert estimate_bytes(tiny.config, spec, 1, 400) >= 3 * 4 * 4 * 400 * 400
 
 
-def test_micro_batches_give_the_tokens_of_the_unsplit_call(tiny):
-    """3 rows under a limit that fits 2: micro-batches of 2 and 1 (padded to 2), same tokens and NFE (sampled,
-    so each row's random stream must follow it into its micro-batch)."""
+def test_micro_batches_give_the_tokens_of_the_unsplit_call():
+    """3 rows under a limit that fits 2: micro-batches of 2 and 1 (padded to 2, one compiled program), same
+    tokens and NFE (sampled, so each row's random stream must follow it into its micro-batch)."""
+    cfg = ModelConfig(family="llada", vocab_size=48, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
+                      mlp_hidden_size=64, max_seq_len=40, mask_id=MASK, eos_id=46, pad_id=45)
+    model = Transformer(cfg, rngs=nnx.Rngs(3))
+    model.ff_out.kernel[...] = model.ff_out.kernel[...] * 8  # peaked logits: the threshold passes, NFE vary by row
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
-    kw = dict(BASE, threshold=0.5, temperature=1.0, seed=3)
-    whole = jdllm.generate(tiny, prompts, **kw)
-    spec = loop.DecodeSpec(policy=Threshold(0.5), cache=NoCache(), schedule=SemiAutoregressive(16, 8),
+    kw = dict(BASE, threshold=0.9, temperature=1.0, seed=3)
+    whole = jdllm.generate(model, prompts, **kw)
+    assert len(set(whole.nfe.tolist())) == 3
+    spec = loop.DecodeSpec(policy=Threshold(0.9), cache=NoCache(), schedule=SemiAutoregressive(16, 8),
                            temperature=1.0)
-    two_rows = estimate_bytes(tiny.config, spec, 2, 4 + 16)
-    split = jdllm.generate(tiny, prompts, max_memory=two_rows, **kw)
+    two_rows = estimate_bytes(cfg, spec, 2, 4 + 16)
+    compiled = loop.decode._cache_size()
+    split = jdllm.generate(model, prompts, max_memory=two_rows, **kw)
+    assert loop.decode._cache_size() == compiled + 1  # both micro-batches ran one program
     assert whole.micro_batch == 3 and split.micro_batch == 2
     np.testing.assert_array_equal(split.tokens, whole.tokens)
     np.testing.assert_array_equal(split.nfe, whole.nfe)
