@@ -73,7 +73,10 @@ def _forward(graphdef, params, tokens, attention_mask):
 
 def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
     """Raw logits [B, L, V] in float32 (never shifted), for research code and parity checks."""
-    tokens = jnp.asarray(tokens, jnp.int32)
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"tokens must hold int token ids, got dtype {tokens.dtype}")
+    tokens = tokens.astype(jnp.int32)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
     mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)

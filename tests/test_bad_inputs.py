@@ -144,6 +144,12 @@ def test_bad_generate_argument_raises_before_compiling(tiny, extra, prompts, exc
     assert loop.decode._cache_size() == compiled  # raised before tracing / compiling anything
 
 
+@pytest.mark.parametrize("tokens", [[[1.9, 2.0]], [[True, False]], np.ones((1, 2), np.float32)])
+def test_forward_rejects_non_int_tokens(tiny, tokens):
+    with pytest.raises(TypeError, match="tokens must hold int token ids, got dtype"):
+        jdllm.forward(tiny, tokens)
+
+
 def test_good_inputs_of_every_accepted_type_give_the_same_tokens(tiny):
     """numpy / jax int arrays, numpy ints and Python ints are all accepted (and mean the same prompt)."""
     want = jdllm.generate(tiny, [[1, 2, 3]], **BASE).tokens
