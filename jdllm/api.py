@@ -19,15 +19,17 @@ from flax import nnx
 
 from jdllm import sharding as sharding_lib
 from jdllm.decode.buckets import DEFAULT_PROMPT_BUCKETS, bucket_width
-from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
+from jdllm.decode.caches import CacheStrategy
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
-from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
-from jdllm.decode.policies.dream import DreamAlgorithm
+from jdllm.decode.memory import plan_batch
+from jdllm.decode.policies import CommitPolicy
 from jdllm.decode.schedules import SemiAutoregressive
 from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import checkpoint_format, leftovers
 from jdllm.weights.hf import load_hf, read_hf_config, save_hf
 from jdllm.weights.orbax_io import load_orbax, save_orbax
+from jdllm.validation import (check_cache, check_generate_args, check_prompt_buckets, check_prompts,
+                              check_row_ids, make_policy)  # noqa: F401
 
 
 def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None,
@@ -90,7 +92,10 @@ def _forward(graphdef, params, tokens, attention_mask):
 
 def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
     """Raw logits [B, L, V] in float32 (never shifted), for research code and parity checks."""
-    tokens = jnp.asarray(tokens, jnp.int32)
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"tokens must hold int token ids, got dtype {tokens.dtype}")
+    tokens = tokens.astype(jnp.int32)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
     mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
@@ -101,26 +106,13 @@ def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
 @dataclasses.dataclass
 class GenerateOutput:
     """tokens [B, gen_length] (numpy); nfe [B]: forward evaluations each row took, counted as the reference
-    counts them; iterations: loop iterations of the batch (= max(nfe): rows never idle)."""
+    counts them; iterations: loop iterations of the batch (= max(nfe): rows never idle; the largest over
+    micro-batches); micro_batch: rows per compiled call (< B when the memory plan split the batch)."""
 
     tokens: np.ndarray
     nfe: np.ndarray
     iterations: int
-
-
-def _as_prompt_list(prompts) -> list[list[int]]:
-    if isinstance(prompts, (np.ndarray, jax.Array)):
-        arr = np.asarray(prompts)
-        if arr.ndim == 1:
-            arr = arr[None]
-        if arr.ndim != 2:
-            raise ValueError(f"prompt array must be [B, L], got shape {arr.shape}")
-        return [list(map(int, row)) for row in arr]
-    if not isinstance(prompts, Sequence) or isinstance(prompts, str) or len(prompts) == 0:
-        raise ValueError("prompts must be a non-empty list of token lists or a [B, L] int array")
-    if all(isinstance(t, (int, np.integer)) for t in prompts):
-        return [list(map(int, prompts))]
-    return [list(map(int, p)) for p in prompts]
+    micro_batch: int | None = None
 
 
 def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None,
@@ -130,18 +122,11 @@ def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None
     P is `prompt_length` when given, else the bucket of the longest prompt (`jdllm.decode.buckets`; exact
     when `prompt_buckets` is None or empty).
 
-    Returns (tokens, valid, P). Raises ValueError on empty prompts, mask ids or out-of-vocabulary ids in a
-    prompt, a prompt longer than `prompt_length`, or a canvas longer than the model's maximum length.
+    Returns (tokens, valid, P). Raises TypeError on non-int token ids and ValueError on empty prompts, mask ids
+    or out-of-vocabulary ids in a prompt, a prompt longer than `prompt_length`, or a canvas longer than the
+    model's maximum length.
     """
-    rows = _as_prompt_list(prompts)
-    for i, p in enumerate(rows):
-        if not p:
-            raise ValueError(f"prompt {i} is empty")
-        if cfg.mask_id in p:
-            raise ValueError(f"prompt {i} contains the mask id {cfg.mask_id} at position {p.index(cfg.mask_id)}")
-        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary of {cfg.vocab_size}")
+    rows = check_prompts(prompts, cfg)
     longest = max(map(len, rows))
     if prompt_length is None:
         width = bucket_width(longest, prompt_buckets, max(cfg.max_seq_len - gen_length, longest))
@@ -164,34 +149,9 @@ def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None
     return tokens, valid, width
 
 
-def make_policy(steps, block_length, n_blocks, remasking, threshold, factor, factor_quirk, alg=None,
-                alg_temp=0.0, eps=1e-3, gen_length=None) -> CommitPolicy:
-    if sum(x is not None for x in (threshold, factor, alg)) > 1:
-        raise ValueError("give only one of threshold, factor or alg")
-    if alg is not None:
-        if block_length != gen_length:
-            raise ValueError(f"alg={alg!r} (Dream's sampler) decodes one global window: block_length must equal "
-                             f"gen_length ({gen_length}), got {block_length}")
-        return DreamAlgorithm(alg=alg, steps=steps, gen_length=gen_length, eps=eps, alg_temp=alg_temp)
-    if threshold is not None:
-        return Threshold(float(threshold))
-    if factor is not None:
-        return Factor(float(factor), quirk=factor_quirk)
-    return TopK(block_length=block_length, steps_per_block=steps // n_blocks, score=remasking)
-
-
 def make_cache(cache, cfg_scale: float, refresh_every: int | None) -> CacheStrategy:
-    if isinstance(cache, CacheStrategy):
-        strategy = cache
-    elif cache is None or cache == "none":
-        strategy = NoCache(cfg_scale=cfg_scale)
-    elif cache in CACHES:
-        strategy = CACHES[cache](refresh_every=refresh_every)
-    else:
-        raise ValueError(f"cache must be None, 'prefix', 'dual' or a CacheStrategy, got {cache!r}")
-    if cfg_scale > 0 and not (isinstance(strategy, NoCache) and strategy.cfg_scale == cfg_scale):
-        raise ValueError("classifier-free guidance (cfg_scale > 0) is supported with cache=None only")
-    return strategy
+    """The cache strategy of `generate`'s `cache=` / `cfg_scale=` / `refresh_every=` (see jdllm.validation)."""
+    return check_cache(cache, cfg_scale, refresh_every)
 
 
 def generate(
@@ -205,13 +165,13 @@ def generate(
     cfg_scale: float = 0.0,
     threshold: float | None = None,
     factor: float | None = None,
-    factor_quirk: bool = True,
+    factor_quirk: bool | None = None,
     alg: str | None = None,
-    alg_temp: float = 0.0,
-    eps: float = 1e-3,
+    alg_temp: float | None = None,
+    eps: float | None = None,
     cache: str | CacheStrategy | None = None,
     refresh_every: int | None = None,
-    eos_early_stop: bool = False,
+    eos_early_stop: bool | None = None,
     policy: CommitPolicy | None = None,
     schedule: SemiAutoregressive | None = None,
     seed: int = 0,
@@ -221,21 +181,31 @@ def generate(
     debug: bool = False,
     mesh=None,
     rules=None,
+    max_memory: int | None = None,
 ) -> GenerateOutput:
     """Generate `gen_length` tokens after each prompt by masked-diffusion denoising, as one compiled program.
 
     Semantics of LLaDA's `generate` (semi-AR blocks, linear transfer schedule, top-k by confidence, Gumbel-max
     at temperature > 0, CFG) with Fast-dLLM's threshold / factor rules and prefix / dual caches. `alg=`
-    ("maskgit_plus" | "topk_margin" | "entropy" | "origin", with `alg_temp`, `eps`) selects Dream's
-    `diffusion_generate` algorithms and step schedule over one global window (leave block_length unset).
-    `block_length` defaults to gen_length (one global window), `steps` to gen_length. `eos_early_stop` ends a
-    row once a finished block holds EOS and fills its later blocks with EOS (off by default, as in the references). `row_ids` name the
-    rows for the per-row random streams (default 0..B-1): give a prompt the same id and seed and its sampled
-    tokens do not depend on the rest of the batch. Prompts are left-padded to the next width of `prompt_buckets`
-    (multiples of 64 up to 512, then powers of two; None: the longest prompt's exact width), so calls with
-    different prompt lengths reuse a handful of compiled programs (same tokens: padding is batch-invariant);
-    `prompt_length` fixes an exact width instead. `debug=True` runs the same step body from a
-    Python loop.
+    ("maskgit_plus" | "topk_margin" | "entropy" | "origin", with `alg_temp` (default 0), `eps` (default 1e-3))
+    selects Dream's `diffusion_generate` algorithms and step schedule over one global window (leave
+    block_length unset). `factor_quirk` (default True) goes with `factor`. `block_length` defaults to gen_length
+    (one global window), `steps` to gen_length (or `policy.steps` of a policy that has one). `eos_early_stop`
+    (default False) ends a row once a finished block holds EOS and fills its later blocks with EOS (off by
+    default, as in the references). `row_ids` name the rows for the per-row random streams (distinct, default
+    0..B-1): give a prompt the same id and seed and its sampled tokens do not depend on the rest of the batch.
+    Prompts are left-padded to the next width of `prompt_buckets` (multiples of 64 up to 512, then powers of two;
+    None: the longest prompt's exact width), so calls with different prompt lengths reuse a handful of compiled
+    programs (same tokens: padding is batch-invariant); `prompt_length` fixes an exact width instead.
+    `debug=True` runs the same step body from a Python loop.
+
+    Every argument is checked before anything runs (`jdllm.validation`): a keyword the chosen policy / cache /
+    schedule would ignore (e.g. `threshold=` with `policy=`, `refresh_every=` without a cache) raises.
+
+    Memory (one device): the call's peak is estimated from shapes (`jdllm.decode.memory`) against `max_memory`
+    bytes (else $JDLLM_MAX_MEMORY, else 90% of the free device / host memory); a batch that does not fit runs
+    as equal micro-batches (same tokens, `micro_batch` in the output), and a call where one row does not fit
+    raises `MemoryPlanError` with the estimate and the limit, before allocating.
 
     `mesh` (any `jax.sharding.Mesh`, Auto or Explicit axes; when None, the mesh the model's parameters live on,
     else that of a surrounding `jax.set_mesh`) runs the decode sharded by `rules`
@@ -244,44 +214,74 @@ def generate(
     Tokens and NFE are those of one device. Under several processes every process passes the same prompts.
     """
     cfg = model.config
-    block_length = gen_length if block_length is None else block_length
-    steps = gen_length if steps is None else steps
-    sched = schedule or SemiAutoregressive(gen_length, block_length, eos_early_stop=eos_early_stop)
-    if sched.gen_length != gen_length:
-        raise ValueError(f"schedule.gen_length={sched.gen_length} differs from gen_length={gen_length}")
-    if steps < 1 or steps % sched.n_blocks:
-        raise ValueError(f"steps={steps} is not a positive multiple of the block count {sched.n_blocks}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if policy is None:
-        policy = make_policy(steps, sched.block_length, sched.n_blocks, remasking, threshold, factor, factor_quirk,
-                             alg, alg_temp, eps, gen_length)
-    strategy = make_cache(cache, cfg_scale, refresh_every)
-    tokens, valid, width = pack_prompts(prompts, cfg, gen_length, prompt_length, prompt_buckets)
+    args = check_generate_args(
+        gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature, remasking=remasking,
+        cfg_scale=cfg_scale, threshold=threshold, factor=factor, factor_quirk=factor_quirk, alg=alg,
+        alg_temp=alg_temp, eps=eps, cache=cache, refresh_every=refresh_every, eos_early_stop=eos_early_stop,
+        policy=policy, schedule=schedule, seed=seed, prompt_length=prompt_length, debug=debug,
+        max_memory=max_memory)
+    sched = args.schedule
+    tokens, valid, width = pack_prompts(prompts, cfg, sched.gen_length, args.prompt_length,
+                                        check_prompt_buckets(prompt_buckets))
     batch = tokens.shape[0]
-    ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
-    if ids.shape != (batch,):
-        raise ValueError(f"row_ids must have one id per prompt ({batch}), got shape {ids.shape}")
-    # A bound no correct run reaches: every live row commits >= 1 token per step (or follows the top-k
-    # schedule), and idles at most once per other row's cache refresh.
-    max_iters = max(steps, gen_length) + sched.n_blocks * (batch + 1) + 1
-    spec = DecodeSpec(policy=policy, cache=strategy, schedule=sched, temperature=float(temperature), max_iters=max_iters)
+    ids = check_row_ids(row_ids, batch)
+    spec = DecodeSpec(policy=args.policy, cache=args.cache, schedule=sched, temperature=args.temperature)
     graphdef, params = nnx.split(model)
     plan = sharding_lib.plan_for(params, mesh, rules, getattr(model, "sharding_rules", None))
     run = decode_debug if debug else decode
     if plan is None:
-        st = run(graphdef, params, spec, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(ids, jnp.int32),
-                 jnp.asarray(seed, jnp.uint32), width)
-        st_tokens, nfe, iters, done = jax.device_get((st.tokens, st.nfe, st.iters, st.done))
+        micro = plan_batch(cfg, spec, batch, tokens.shape[1], args.max_memory).micro_batch
+        spec = dataclasses.replace(spec, max_iters=_max_iters(args.steps, sched, micro))
+        parts = [_run_rows(run, graphdef, params, spec, tokens[rows], valid[rows], ids[rows], args.seed, width, micro)
+                 for rows in _micro_batches(batch, micro)]
+        st_tokens, nfe, nonfinite, done = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        iters = max(p[4] for p in parts)
     else:
+        spec = dataclasses.replace(spec, max_iters=_max_iters(args.steps, sched, batch))
+        micro = batch
         sharding_lib.check_model(cfg, plan.mesh, plan.rules)
         params = sharding_lib.shard_params(params, plan.mesh, plan.rules)
         rows = sharding_lib.process_rows(batch, plan.mesh, plan.rules)
         glob = functools.partial(sharding_lib.global_batch_array, mesh=plan.mesh, rules=plan.rules, global_rows=batch)
         with jax.set_mesh(plan.mesh):  # overrides a surrounding Explicit-axes mesh with its Auto twin
             st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]),
-                     glob(valid[rows]), glob(ids.astype(np.int32)[rows]), np.uint32(seed), width)
-        st_tokens, nfe, iters, done = (sharding_lib.to_host(x) for x in (st.tokens, st.nfe, st.iters, st.done))
+                     glob(valid[rows]), glob(ids[rows]), np.uint32(args.seed), width)
+        st_tokens, nfe, iters, done, nonfinite = (sharding_lib.to_host(x)
+                                                  for x in (st.tokens, st.nfe, st.iters, st.done, st.nonfinite))
+    _check_finished(nonfinite, done, spec.max_iters)
+    return GenerateOutput(tokens=np.asarray(st_tokens[:, width:]), nfe=np.asarray(nfe), iterations=int(iters),
+                          micro_batch=micro)
+
+
+def _max_iters(steps: int, sched: SemiAutoregressive, batch: int) -> int:
+    """A bound no correct run reaches: every live row commits >= 1 token per step (or follows the top-k
+    schedule); rows never idle, the per-block slack only guards the bound."""
+    return max(steps, sched.gen_length) + sched.n_blocks * (batch + 1) + 1
+
+
+def _micro_batches(batch: int, micro: int) -> list[np.ndarray]:
+    """Row indices of each micro-batch of at most `micro` rows, in order."""
+    return [np.arange(start, min(start + micro, batch)) for start in range(0, batch, micro)]
+
+
+def _run_rows(run, graphdef, params, spec, tokens, valid, ids, seed, width, micro):
+    """One single-device decode of these rows, padded to `micro` rows by repeating the last one (rows are
+    independent, so the padding changes no real row, and every micro-batch reuses one program); returns host
+    arrays of the real rows only."""
+    real = tokens.shape[0]
+    pad = lambda x: np.concatenate([x, np.repeat(x[-1:], micro - real, axis=0)])
+    st = run(graphdef, params, spec, jnp.asarray(pad(tokens)), jnp.asarray(pad(valid)),
+             jnp.asarray(pad(ids), jnp.int32), jnp.asarray(seed, jnp.uint32), width)
+    st_tokens, nfe, nonfinite, done, iters = jax.device_get((st.tokens, st.nfe, st.nonfinite, st.done, st.iters))
+    return st_tokens[:real], nfe[:real], nonfinite[:real], done[:real], int(iters)
+
+
+def _check_finished(nonfinite: np.ndarray, done: np.ndarray, max_iters: int) -> None:
+    bad = np.flatnonzero(nonfinite)
+    if bad.size:
+        raise FloatingPointError(
+            f"the model produced non-finite logits (NaN / inf) for rows {bad.tolist()}: check the weights "
+            "(jdllm.load(..., check_finite=True)) and the dtype")
     if not np.all(done):
-        raise RuntimeError(f"decoding stopped at the iteration bound {max_iters} with unfinished rows: policy bug")
-    return GenerateOutput(tokens=np.asarray(st_tokens[:, width:]), nfe=np.asarray(nfe), iterations=int(iters))
+        raise RuntimeError(f"decoding stopped at the iteration bound {max_iters} with unfinished rows "
+                           f"{np.flatnonzero(~done).tolist()}: policy bug")

@@ -9,18 +9,49 @@ import sys
 import time
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = int(text)  # argparse turns the ValueError into "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed in [0, 2**32)."""
+    value = int(text)
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**32), got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan / inf)."""
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (HF or jdllm/orbax); default: the shipped model")
     p.add_argument("--recipe", default=None, help="a named recipe of configs/recipes.yaml (see `jdllm recipes`)")
-    p.add_argument("--gen-length", type=int, default=None)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--factor", type=float, default=None)
+    p.add_argument("--gen-length", type=positive_int, default=None)
+    p.add_argument("--block-length", type=positive_int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--threshold", type=finite_float, default=None)
+    p.add_argument("--factor", type=finite_float, default=None)
     p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None)
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--temperature", type=finite_float, default=None)
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "margin", "entropy"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     _add_cache_flag(p)
 
 
@@ -54,10 +85,13 @@ def cmd_generate(args) -> int:
     import jdllm
     from jdllm.shipped import load_bundle
 
+    from jdllm.validation import check_generate_args
+
     _enable_compile_cache(args)
     bundle = load_bundle(args.model, check_finite=True)
-    gen_length = args.gen_length or bundle.gen_length
+    gen_length = bundle.gen_length if args.gen_length is None else args.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
+    check_generate_args(gen_length=gen_length, seed=args.seed, **kw)  # before tokenizing / compiling anything
     ids = [bundle.tokenizer.encode(bundle.format_prompt(q, raw=args.raw)) for q in args.prompt]
     t0 = time.perf_counter()
     out = jdllm.generate(bundle.model, ids, gen_length=gen_length, seed=args.seed, **kw)
@@ -98,8 +132,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jdllm", description="Fast diffusion-LLM inference in JAX")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="jdllm", description="Fast diffusion-LLM inference in JAX")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate an answer for one or more prompts")
     g.add_argument("prompt", nargs="+", help="question text (formatted with the model's prompt template)")
@@ -112,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=None)
     b.add_argument("--recipes", default="vanilla,fast_dllm_parallel,fast_dllm_dual_parallel",
                    help="comma-separated recipe names (configs/recipes.yaml)")
-    b.add_argument("--n", type=int, default=100, help="held-out problems")
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--gen-length", type=int, default=None)
-    b.add_argument("--repeats", type=int, default=1, help="timed passes over the problems")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--n", type=positive_int, default=100, help="held-out problems")
+    b.add_argument("--batch-size", type=positive_int, default=16)
+    b.add_argument("--gen-length", type=positive_int, default=None)
+    b.add_argument("--repeats", type=positive_int, default=1, help="timed passes over the problems")
+    b.add_argument("--seed", type=seed_int, default=0)
     b.add_argument("--out", default=None, help="write the JSON report here")
     b.add_argument("--plot", default=None, help="write an accuracy-vs-tokens/s Pareto PNG here")
     b.add_argument("--no-progress", action="store_true")
@@ -145,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
 
         train_main(argv[1:])
         return 0
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed its one line (or the help)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"jdllm {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"jdllm {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import time
 from typing import Any, Sequence
@@ -118,7 +119,10 @@ def machine_info() -> dict[str, Any]:
 def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: int = 16, gen_length: int | None = None,
               repeats: int = 1, seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
     """Benchmark `recipes` on `n` held-out problems; the first recipe is the baseline of the speedups."""
-    gen_length = gen_length or bundle.gen_length
+    gen_length = bundle.gen_length if gen_length is None else gen_length
+    if n < 1 or batch_size < 1 or repeats < 1 or not recipes:
+        raise ValueError(f"n, batch_size and repeats must be >= 1 and recipes non-empty, got n={n}, "
+                         f"batch_size={batch_size}, repeats={repeats}, recipes={list(recipes)}")
     problems = make_problems(n, split="test", seed=seed)
     rows = []
     progress = None
@@ -203,9 +207,57 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def parse_recipe_names(text: str) -> list[str]:
+    """Comma-separated recipe names: non-empty, each known (configs/recipes.yaml), none repeated."""
+    from jdllm.recipes import load_recipes
+
+    names = [r.strip() for r in text.split(",")]
+    if not any(names):
+        raise ValueError(f"--recipes names no recipe ({text!r}); see `jdllm recipes`")
+    if not all(names):
+        raise ValueError(f"--recipes {text!r} has an empty name between commas")
+    known = load_recipes()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown recipe {unknown[0]!r} in --recipes; known: {', '.join(sorted(known))}")
+    repeated = [n for i, n in enumerate(names) if n in names[:i]]
+    if repeated:
+        raise ValueError(f"recipe {repeated[0]!r} appears twice in --recipes")
+    return names
+
+
+def check_output_path(flag: str, path: str | None) -> None:
+    """The file `path` can be written: its directory exists and is writable, and it is not a directory."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: directory {folder} is not writable")
+
+
+def check_bench_recipes(bundle: Bundle, recipes: Sequence[str], gen_length: int) -> None:
+    """Every recipe's generate arguments at this gen_length pass jdllm.validation (before any compile)."""
+    from jdllm.validation import check_generate_args
+
+    for name in recipes:
+        try:
+            check_generate_args(gen_length=gen_length, **recipe_kwargs(name, gen_length, model_config=bundle.model.config))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"recipe {name!r} at gen_length {gen_length}: {e}") from None
+
+
 def run_bench_cli(args) -> int:
+    recipes = parse_recipe_names(args.recipes)  # every check that needs no model runs first
+    check_output_path("--out", args.out)
+    check_output_path("--plot", args.plot)
+    if args.plot:
+        import matplotlib  # noqa: F401  (fail now, not after the run)
     bundle = load_bundle(args.model, check_finite=True)
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
                        repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress)
     print(format_table(report))

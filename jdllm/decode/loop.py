@@ -3,7 +3,8 @@ or step by step from Python (the debug twin). Both share `decode_step`, so they 
 
 Per-row progress is data: `block[B]`, `step_in_block[B]`, `refresh[B]`, `nfe[B]`, `done[B]`. A row that has
 finished freezes; the loop ends when every row is done (or at a static iteration bound that a correct policy
-never reaches).
+never reaches). `nonfinite[B]` records a row whose window logits held a NaN / inf in a step it computed; such a
+row stops there (its tokens would be argmaxes of NaN), and `generate` reports it as a model problem.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DecodeState:
     refresh: Bool[Array, "B"]       # the row starts a block: cached strategies run their full forward
     nfe: Int[Array, "B"]
     done: Bool[Array, "B"]
+    nonfinite: Bool[Array, "B"]     # some window logit of the row was NaN / inf (the row stopped there)
     cache: Any
     policy_state: Any
     iters: Int[Array, ""]
@@ -61,6 +63,7 @@ def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeSt
         refresh=jnp.ones((b,), bool),
         nfe=zeros,
         done=jnp.zeros((b,), bool),
+        nonfinite=jnp.zeros((b,), bool),
         cache=spec.cache.init(model.config, b, length),
         policy_state=spec.policy.init_state(b, spec.schedule.width, model.config),
         iters=jnp.zeros((), jnp.int32),
@@ -92,6 +95,7 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
     logits, cache, active = spec.cache.window_logits(
         model, canvas, start, width, st.cache, st.refresh, live, st.step_in_block
     )
+    nonfinite = active & ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
     keys = jax.vmap(jax.random.fold_in)(row_keys, st.nfe)
     noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     if spec.sharding is None:
@@ -116,7 +120,8 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
         step_in_block=jnp.where(finished, 0, st.step_in_block + active.astype(jnp.int32)),
         refresh=jnp.where(active, finished, st.refresh),
         nfe=st.nfe + active.astype(jnp.int32),
-        done=st.done | all_blocks_done,
+        done=st.done | all_blocks_done | nonfinite,
+        nonfinite=st.nonfinite | nonfinite,
         cache=cache,
         policy_state=policy_state,
         iters=st.iters + 1,
