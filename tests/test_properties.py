@@ -137,7 +137,7 @@ COMMON = dict(deadline=None, derandomize=True, database=None, print_blob=True,
 
 @settings(max_examples=3, **COMMON)
 @given(case=cases)
-@example(case=dict(policy="topk", cache="prefix", shape=(8, 4, 4), temperature=1.0, lengths=[6, 1, 3], seed=5,
+@example(case=dict(policy="topk", cache="prefix", shape=(8, 2, 16), temperature=1.0, lengths=[6, 1, 3], seed=5,
                    row_ids=[0, 7, 3]))
 @example(case=dict(policy="klass", cache=None, shape=(8, 4, 8), temperature=0.0, lengths=[2, 4, 6], seed=9,
                    row_ids=[2, 1, 0]))
