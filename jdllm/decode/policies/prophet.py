@@ -60,10 +60,16 @@ class Prophet(CommitPolicy):
     def init_state(self, batch, width, config=None):
         return dict(step=jnp.zeros((batch,), jnp.int32), fired=jnp.zeros((batch,), bool))
 
+    def _threshold_at(self, progress: float) -> float:
+        if progress < 0.33:
+            return self.early_threshold
+        return self.mid_threshold if progress < 0.67 else self.late_threshold
+
     def threshold(self, step):
-        progress = step.astype(jnp.float32) / self.total_steps
-        return jnp.where(progress < 0.33, self.early_threshold,
-                         jnp.where(progress < 0.67, self.mid_threshold, self.late_threshold))
+        """tau(progress) with progress = step / total_steps compared in float64 as the official Python code does
+        (a host table indexed by step: in float32 under XLA, 33 / 100 can round below 0.33)."""
+        table = [self._threshold_at(s / self.total_steps) for s in range(self.total_steps + 1)]
+        return jnp.asarray(table, jnp.float32)[jnp.minimum(step, self.total_steps)]
 
     def answer_gap(self, proposal, candidates):
         top2 = jax.lax.top_k(proposal.log_probs.astype(jnp.float32), 2)[0]
