@@ -241,7 +241,8 @@ def test_batch_256_by_1024_on_the_default_model_stops_before_allocating_with_the
     with pytest.raises(MemoryPlanError, match=r"estimated 1[45]\.\d\d GB for 256 rows x 1049 positions and "
                                               r"0\.0\d GB for a single row, more than the limit of 0\.01 GB "
                                               r"\(max_memory\)"):
-        jdllm.generate(model, prompts, gen_length=1024, block_length=32, steps=1024, max_memory=10_000_000)
+        jdllm.generate(model, prompts, gen_length=1024, block_length=32, steps=1024, max_memory=10_000_000,
+                       prompt_buckets=None)  # the exact width: 25 + 1024 positions
     assert loop.decode._cache_size() == compiled
 
 
@@ -270,7 +271,7 @@ def test_micro_batches_give_the_tokens_of_the_unsplit_call():
     model = Transformer(cfg, rngs=nnx.Rngs(3))
     model.ff_out.kernel[...] = model.ff_out.kernel[...] * 8  # peaked logits: the threshold passes, NFE vary by row
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
-    kw = dict(BASE, threshold=0.9, temperature=1.0, seed=3)
+    kw = dict(BASE, threshold=0.9, temperature=1.0, seed=3, prompt_buckets=None)  # canvas 4 + 16
     whole = jdllm.generate(model, prompts, **kw)
     assert len(set(whole.nfe.tolist())) == 3
     spec = loop.DecodeSpec(policy=Threshold(0.9), cache=NoCache(), schedule=SemiAutoregressive(16, 8),
