@@ -153,6 +153,16 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (higher is better), sorted by x."""
+    front, best = [], -float("inf")
+    for i in sorted(range(len(xs)), key=lambda i: -xs[i]):
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    return sorted(front, key=lambda i: xs[i])
+
+
 def plot_pareto(report: dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -166,13 +176,7 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
     ax.scatter(xs, ys)
     for r, x, y in zip(rows, xs, ys):
         ax.annotate(r["recipe"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    order = sorted(range(len(rows)), key=lambda i: -xs[i])
-    front, best = [], -1.0
-    for i in order:
-        if ys[i] > best:
-            front.append(i)
-            best = ys[i]
-    front.sort(key=lambda i: xs[i])
+    front = pareto_front(xs, ys)
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", alpha=0.6, label="Pareto front")
     ax.set_xlabel("generated tokens / s (answer tokens, compile excluded)")
     ax.set_ylabel("held-out accuracy (%)")
