@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = factor x baseline + 30 s")
     ap.add_argument("--out", default=None, help="output stem: writes STEM.json and STEM.md (resumes from STEM.json)")
     ap.add_argument("--fresh", action="store_true", help="ignore results already in STEM.json")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="run again the mutants STEM.json lists as survived / errors (after adding tests)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -453,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     old = {} if args.fresh or not json_path.exists() else json.loads(json_path.read_text()).get("results", {})
     results = {k: v for k, v in old.items() if k in {m.id for m in mutants}}
+    if args.rerun_survivors:
+        results = {k: v for k, v in results.items() if v["status"] in ("killed", "timeout")}
     todo = [m for m in mutants if m.id not in results]
     command = "python scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{len(mutants)} mutants, {len(results)} already done, {len(todo)} to run with {args.jobs} jobs", flush=True)

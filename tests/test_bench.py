@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -80,7 +81,13 @@ def raw(bundle, problems):
 
 @pytest.fixture(scope="module")
 def rows(bundle, problems, raw):
-    return {name: bench.bench_recipe(bundle, name, problems, GEN, batch_size=2, repeats=2) for name in RECIPES}
+    """recipe -> (its bench row with repeats=2, wall-clock seconds of the whole bench_recipe call)."""
+    out = {}
+    for name in RECIPES:
+        t0 = time.perf_counter()
+        row = bench.bench_recipe(bundle, name, problems, GEN, batch_size=2, repeats=2)
+        out[name] = row, time.perf_counter() - t0
+    return out
 
 
 def _hand_answer_tokens(row) -> int:
@@ -106,13 +113,13 @@ def test_accuracy_scores_only_the_real_rows_against_gold(name, bundle, problems,
     hand = [score(bundle.tokenizer.decode([int(t) for t in r[: _hand_answer_tokens(r)]]), p.answer)
             for r, p in zip(toks, problems)]
     assert hand == [True, False, True]
-    assert rows[name]["accuracy"] == pytest.approx(2 / 3)
+    assert rows[name][0]["accuracy"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_nfe_tpf_and_answer_tokens_match_the_raw_outputs(name, raw, rows):
     toks, nfe = raw[name]
-    r = rows[name]
+    r, _ = rows[name]
     assert r["nfe"] == pytest.approx(nfe.sum() / 3)
     assert r["tpf"] == pytest.approx(GEN / (nfe.sum() / 3))
     assert r["answer_tokens"] == sum(_hand_answer_tokens(t) for t in toks)
@@ -122,7 +129,7 @@ def test_nfe_tpf_and_answer_tokens_match_the_raw_outputs(name, raw, rows):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_timing_fields_are_consistent_and_compile_time_is_apart(name, bundle, rows):
-    r = rows[name]
+    r, elapsed = rows[name]
     assert r["recipe"] == name and r["decode_kwargs"] == recipe_kwargs(name, GEN, model_config=bundle.model.config)
     assert r["tokens_per_s"] == pytest.approx(r["answer_tokens"] / r["decode_s"])
     # wall = first (compiling) call + every decode call; compile = first call - mean decode call (2 batches).
@@ -130,6 +137,22 @@ def test_timing_fields_are_consistent_and_compile_time_is_apart(name, bundle, ro
     assert first_s > 0
     assert r["compile_s"] == pytest.approx(max(first_s - r["decode_s"] / 2, 0.0), abs=1e-9)
     assert r["decode_s"] > 0 and r["compile_s"] >= 0
+    assert r["wall_s"] <= elapsed  # every timed call happened inside the bench_recipe call
+
+
+class _CountingProgress:
+    def __init__(self):
+        self.n = 0
+
+    def update(self, k):
+        self.n += k
+
+
+def test_one_repeat_by_default_and_progress_counts_batches(bundle, problems, rows):
+    progress = _CountingProgress()
+    r = bench.bench_recipe(bundle, "vanilla", problems, GEN, batch_size=2, progress=progress)
+    assert progress.n == 2  # 1 repeat x 2 batches
+    assert r["accuracy"] == pytest.approx(2 / 3) and r["nfe"] == GEN
 
 
 @pytest.fixture(scope="module")
