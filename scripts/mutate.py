@@ -182,7 +182,8 @@ class _Collector(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_UnaryOp(self, node):
-        if isinstance(node.op, (ast.Not, ast.USub)) and node.lineno == node.operand.lineno:
+        literal = isinstance(node.operand, ast.Constant)  # -1: the constant's +-1 mutants already give -2 / -0
+        if isinstance(node.op, (ast.Not, ast.USub)) and node.lineno == node.operand.lineno and not literal:
             kind = "not" if isinstance(node.op, ast.Not) else "neg"
             self._add(node.lineno, node.col_offset, node.operand.col_offset, "", kind)
         self.generic_visit(node)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import platform
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -201,5 +204,42 @@ def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys):
     assert data["gen_length"] == GEN == load_bundle().gen_length  # gen_length=None: the bundle's
     assert data["results"][0]["decode_kwargs"]["steps"] == GEN
     assert plot.stat().st_size > 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed.splitlines()[0].startswith("recipe") and f"wrote {out}" in printed and f"wrote {plot}" in printed
+    assert "bench:" not in captured.err  # --no-progress
+
+
+def test_plot_shows_accuracy_percent_against_tokens_per_s_and_the_front(tmp_path):
+    rows = [dict(recipe="a", tokens_per_s=10.0, accuracy=0.5), dict(recipe="b", tokens_per_s=20.0, accuracy=0.25),
+            dict(recipe="c", tokens_per_s=5.0, accuracy=0.4)]
+    report = {"results": rows, "machine": {"device": "cpu"}, "gen_length": GEN}
+    fig = bench.plot_pareto(report, str(tmp_path / "p.png"))
+    ax = fig.axes[0]
+    assert ax.collections[0].get_offsets().tolist() == [[10.0, 50.0], [20.0, 25.0], [5.0, 40.0]]
+    assert ax.lines[0].get_xydata().tolist() == [[10.0, 50.0], [20.0, 25.0]]  # c is beaten by a
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_progress_bar_is_on_by_default_and_counts_every_batch(bundle, capsys):
+    rep = bench.run_bench(bundle, ["vanilla"], n=3, batch_size=2, gen_length=GEN, repeats=2)
+    err = capsys.readouterr().err
+    assert "| 4/4 [" in err, err  # 1 recipe x 2 repeats x 2 batches
+    assert rep["repeats"] == 2 and rep["results"][0]["nfe"] == GEN
+
+
+def test_run_bench_defaults_are_the_cli_defaults():
+    """`jdllm bench` with no options and `run_bench(bundle, recipes)` run the same benchmark."""
+    from jdllm.cli import build_parser
+
+    cli = build_parser().parse_args(["bench"])
+    params = inspect.signature(bench.run_bench).parameters
+    for name in ("n", "batch_size", "gen_length", "repeats", "seed"):
+        assert params[name].default == getattr(cli, name), name
+    assert params["show_progress"].default is (not cli.no_progress)
+
+
+def test_machine_info_names_the_processor():
+    info = bench.machine_info()
+    assert info["processor"] and info["processor"] in (platform.processor(), platform.machine())
+    assert info["platform"] == jax.devices()[0].platform and info["n_devices"] == jax.device_count()
