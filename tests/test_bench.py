@@ -8,8 +8,12 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -243,3 +247,13 @@ def test_machine_info_names_the_processor():
     info = bench.machine_info()
     assert info["processor"] and info["processor"] in (platform.processor(), platform.machine())
     assert info["platform"] == jax.devices()[0].platform and info["n_devices"] == jax.device_count()
+
+
+def test_machine_info_on_a_single_device_host():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    code = "import json; from jdllm.bench import machine_info; print(json.dumps(machine_info()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["n_devices"] == 1 and info["platform"] == "cpu"
