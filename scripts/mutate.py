@@ -71,6 +71,7 @@ class Mutant:
     kind: str
     original: str  # the whole source line, before
     mutated: str  # the whole source line, after
+    tests: tuple[str, ...] = ()  # the pytest arguments of the test subset that must kill it
 
     def diff(self) -> str:
         return f"- {self.original.strip()}\n+ {self.mutated.strip()}"
@@ -300,8 +301,7 @@ def _run_tests(workdir: Path, tests: list[str], timeout: float) -> tuple[str, fl
     return f"error(rc={proc.returncode})", dt, out[-2000:]
 
 
-def run_mutants(mutants: list[Mutant], tests_of: dict[str, list[str]], jobs: int, timeout_of: dict[str, float],
-                on_result) -> None:
+def run_mutants(mutants: list[Mutant], jobs: int, timeout_of: dict[tuple, float], on_result) -> None:
     """Run each mutant's test subset in one of `jobs` scratch copies of the repo."""
     pool: queue.Queue[Path] = queue.Queue()
     tmp = Path(tempfile.mkdtemp(prefix="jdllm-mutate-"))
@@ -320,7 +320,7 @@ def run_mutants(mutants: list[Mutant], tests_of: dict[str, list[str]], jobs: int
                 assert lines[m.line - 1] == m.original, f"{m.id}: source changed since the mutants were listed"
                 lines[m.line - 1] = m.mutated
                 target.write_text("\n".join(lines))
-                status, dt, tail = _run_tests(d, tests_of[m.file], timeout_of[m.file])
+                status, dt, tail = _run_tests(d, list(m.tests), timeout_of[m.tests])
             finally:
                 target.write_text(original)
                 pool.put(d)
@@ -333,21 +333,19 @@ def run_mutants(mutants: list[Mutant], tests_of: dict[str, list[str]], jobs: int
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def baseline(files: list[str], tests_of: dict[str, list[str]]) -> dict[str, float]:
-    """Run each distinct test subset once on the unmutated code; it must pass. Returns seconds per file."""
+def baseline(subsets: list[tuple[str, ...]]) -> dict[tuple, float]:
+    """Run each distinct test subset once on the unmutated code; it must pass. Returns seconds per subset."""
     tmp = Path(tempfile.mkdtemp(prefix="jdllm-mutate-base-"))
     try:
         _scratch_copy(tmp)
         secs: dict[tuple, float] = {}
-        for f in files:
-            key = tuple(tests_of[f])
-            if key not in secs:
-                status, dt, tail = _run_tests(tmp, list(key), timeout=1800)
-                if status != "survived":
-                    sys.exit(f"baseline failed for {f} ({' '.join(key)}): {status}\n{tail}")
-                secs[key] = dt
-                print(f"baseline {' '.join(key)}: passed in {dt:.1f}s", flush=True)
-        return {f: secs[tuple(tests_of[f])] for f in files}
+        for key in subsets:
+            status, dt, tail = _run_tests(tmp, list(key), timeout=1800)
+            if status != "survived":
+                sys.exit(f"baseline failed for {' '.join(key)}: {status}\n{tail}")
+            secs[key] = dt
+            print(f"baseline {' '.join(key)}: passed in {dt:.1f}s", flush=True)
+        return secs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -411,17 +409,17 @@ def load_targets(names: list[str] | None) -> list[dict]:
     return [entry for name in (names or sorted(groups)) for entry in groups[name]]
 
 
-def expand(entries: list[dict]) -> tuple[list[Mutant], dict[str, list[str]]]:
-    mutants, tests_of = [], {}
+def expand(entries: list[dict]) -> list[Mutant]:
+    mutants = []
     for e in entries:
         files = sorted({str(p.relative_to(REPO)) for pat in e["files"] for p in REPO.glob(pat) if p.is_file()})
         files = [f for f in files if not any(fnmatch.fnmatch(f, x) for x in e.get("exclude", []))]
         if not files:
             raise ValueError(f"target files {e['files']} match nothing under {REPO}")
         for f in files:
-            tests_of[f] = e["tests"]
-            mutants += collect_mutants(REPO / f, e.get("functions"))
-    return mutants, tests_of
+            for m in collect_mutants(REPO / f, e.get("functions")):
+                mutants.append(dataclasses.replace(m, tests=tuple(e["tests"])))
+    return mutants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
 
-    mutants, tests_of = expand(load_targets(args.target))
+    mutants = expand(load_targets(args.target))
     if args.only:
         mutants = [m for m in mutants if m.id in set(args.only)]
     if args.sample is not None and args.sample < len(mutants):
@@ -472,22 +470,22 @@ def main(argv: list[str] | None = None) -> int:
         return summary
 
     if todo:
-        files = sorted({m.file for m in todo})
-        base = baseline(files, tests_of)
-        timeout_of = {f: args.timeout_factor * base[f] + 30 for f in files}
+        subsets = sorted({m.tests for m in todo})
+        base = baseline(subsets)
+        timeout_of = {k: args.timeout_factor * base[k] + 30 for k in subsets}
         t_start, done = time.perf_counter(), [0]
 
         def on_result(m: Mutant, status: str, dt: float, tail: str):
             with lock:
                 done[0] += 1
                 results[m.id] = {**dataclasses.asdict(m), "status": status, "seconds": round(dt, 1),
-                                 "tests": tests_of[m.file], **({"output_tail": tail} if status.startswith("err") else {})}
+                                 **({"output_tail": tail} if status.startswith("err") else {})}
                 save()
                 el = time.perf_counter() - t_start
                 print(f"[{done[0]}/{len(todo)} {el:.0f}s] {status:9s} {m.id} {m.file}:{m.line} {m.mutated.strip()}",
                       flush=True)
 
-        run_mutants(todo, tests_of, args.jobs, timeout_of, on_result)
+        run_mutants(todo, args.jobs, timeout_of, on_result)
     summary = save()
     print(json.dumps(summary, indent=1))
     print(f"wrote {json_path} and {md_path}")
