@@ -103,7 +103,29 @@ def test_sft_loss_weight_is_one_over_p_mask(loss_case):
     base = float(_sft(logits, tokens, only_row0, p_mask, answer_mask)[0])
     halved = float(_sft(logits, tokens, only_row0, p_mask * np.array([0.5, 1.0], np.float32), answer_mask)[0])
     assert halved == pytest.approx(2 * base, rel=1e-6)
-    assert float(_sft(logits, tokens, np.zeros_like(masked), p_mask, answer_mask)[0]) == 0.0
+    loss0, m0 = _sft(logits, tokens, np.zeros_like(masked), p_mask, answer_mask)
+    assert float(loss0) == 0.0 and float(m0["masked_ce"]) == 0.0 and float(m0["masked_acc"]) == 0.0  # not NaN
+    one = np.zeros_like(masked)
+    one[1, 5] = True
+    _, m1 = _sft(logits, tokens, one, p_mask, answer_mask)
+    ce15 = -_log_softmax(logits[1, 5].astype(np.float64))[tokens[1, 5]]
+    assert float(m1["masked_ce"]) == pytest.approx(ce15, rel=1e-5)  # the mean over one masked position
+
+
+def test_sft_loss_short_and_empty_answer_rows():
+    """A row whose answer is one token is divided by 1; a row with no answer contributes 0 (not NaN) and still
+    counts in the batch mean, as in LLaDA's sum(...) / batch_size."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    tokens = rng.integers(0, 5, size=(3, 4)).astype(np.int32)
+    answer_mask = np.zeros((3, 4), bool)
+    answer_mask[0, 3] = True  # answer length 1
+    answer_mask[1, 1:] = True  # answer length 3
+    masked = answer_mask.copy()  # row 2: no answer, nothing masked
+    p_mask = np.array([0.5, 0.5, 0.5], np.float32)
+    ce = -np.take_along_axis(_log_softmax(logits.astype(np.float64)), tokens[..., None], -1)[..., 0]
+    want = (ce[0, 3] / 0.5 / 1 + ce[1, 1:].sum() / 0.5 / 3 + 0.0) / 3
+    assert float(_sft(logits, tokens, masked, p_mask, answer_mask)[0]) == pytest.approx(want, rel=1e-5)
 
 
 _draw = jax.jit(draw_mask, static_argnames=("stratified_t",))
