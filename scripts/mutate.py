@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", action="append", help="group of scripts/mutation_targets.yaml (repeatable; all)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--sample", type=int, default=None, help="run a random sample of N mutants")
+    ap.add_argument("--sample", type=int, default=None,
+                    help="run a random sample of N mutants (the first N of a --seed shuffle of all of them)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     ap.add_argument("--only", action="append", help="run only these mutant ids (repeatable)")
     ap.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = factor x baseline + 30 s")
@@ -443,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         mutants = [m for m in mutants if m.id in set(args.only)]
     if args.sample is not None and args.sample < len(mutants):
-        mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.file, m.line))
+        shuffled = list(mutants)
+        random.Random(args.seed).shuffle(shuffled)  # a prefix of one shuffle: a larger --sample extends a smaller one
+        mutants = sorted(shuffled[: args.sample], key=lambda m: (m.file, m.line))
     if args.list:
         for m in mutants:
             print(f"{m.id} {m.file}:{m.line} [{m.kind}] {m.function}\n    {m.diff().replace(chr(10), chr(10) + '    ')}")
