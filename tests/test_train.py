@@ -275,7 +275,7 @@ def test_greedy_sampler_is_llada_low_confidence_decoding(tok):
     mask = prompts != tok.pad_id
     valid = np.concatenate([mask, np.ones((2, 8), bool)], axis=1)
     forward = jax.jit(lambda x: nnx.merge(graphdef, params)(x, attention_mask=valid))
-    for steps in (8, 4, 2):  # 1, 2 and 4 tokens per step in blocks of 4
+    for steps in (8, 6, 2):  # per block of 4: 1 token per step; 2, 1, 1 (remainder first); 4 at once
         out = np.asarray(make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=steps)(
             params, prompts, mask))
         ref = _llada_greedy_reference(forward, prompts, cfg.mask_id, 8, 4, steps)
@@ -283,6 +283,9 @@ def test_greedy_sampler_is_llada_low_confidence_decoding(tok):
         assert not (out == cfg.mask_id).any()
     with pytest.raises(ValueError, match="steps=3"):
         make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=3)
+    make_greedy_sampler(graphdef, cfg.mask_id, gen_length=64)  # default blocks of 32 (nothing compiles yet)
+    with pytest.raises(ValueError, match="block_length=32"):
+        make_greedy_sampler(graphdef, cfg.mask_id, gen_length=48)
 
 
 def test_export_is_llada_layout_and_round_trips(tok, tmp_path):
