@@ -371,9 +371,10 @@ def summarise(results: dict[str, dict], equivalent: dict[str, str]) -> dict:
             "kill_rate_excluding_equivalent": killed / (total - explained) if total - explained else 1.0}
 
 
-def write_markdown(path: Path, summary: dict, results: dict[str, dict], equivalent: dict[str, str], command: str):
+def write_markdown(path: Path, summary: dict, results: dict[str, dict], equivalent: dict[str, str], runs: list[str]):
     rows = sorted(results.values(), key=lambda r: (r["file"], r["line"]))
-    out = [f"# Mutation run\n", f"Command: `{command}`\n",
+    out = ["# Mutation run\n", "Commands (first run, then resumes / reruns after new tests):\n",
+           *[f"    {c}" for c in runs], "",
            "| mutants | killed | timeout | survived | errors | kill rate | survivors explained |",
            "|---|---|---|---|---|---|---|",
            f"| {summary['total']} | {summary.get('killed', 0)} | {summary.get('timeout', 0)} | "
@@ -455,12 +456,14 @@ def main(argv: list[str] | None = None) -> int:
 
     stem = Path(args.out) if args.out else REPO / "mutation"
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    old = {} if args.fresh or not json_path.exists() else json.loads(json_path.read_text()).get("results", {})
+    prev = {} if args.fresh or not json_path.exists() else json.loads(json_path.read_text())
+    old = prev.get("results", {})
     results = {k: v for k, v in old.items() if k in {m.id for m in mutants}}
     if args.rerun_survivors:
         results = {k: v for k, v in results.items() if v["status"] in ("killed", "timeout")}
     todo = [m for m in mutants if m.id not in results]
     command = "python scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    runs = prev.get("runs", [])  # every invocation that ran mutants into this result (first run, resumes, reruns)
     print(f"{len(mutants)} mutants, {len(results)} already done, {len(todo)} to run with {args.jobs} jobs", flush=True)
     lock = threading.Lock()
     equivalent = load_equivalent()
@@ -468,11 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     def save():
         summary = summarise(results, equivalent)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"command": command, "summary": summary, "results": results}, indent=1))
-        write_markdown(md_path, summary, results, equivalent, command)
+        json_path.write_text(json.dumps({"runs": runs, "summary": summary, "results": results}, indent=1))
+        write_markdown(md_path, summary, results, equivalent, runs)
         return summary
 
     if todo:
+        runs.append(command)
         subsets = sorted({m.tests for m in todo})
         base = baseline(subsets)
         timeout_of = {k: args.timeout_factor * base[k] + 30 for k in subsets}
