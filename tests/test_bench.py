@@ -241,6 +241,8 @@ def test_run_bench_defaults_are_the_cli_defaults():
     for name in ("n", "batch_size", "gen_length", "repeats", "seed"):
         assert params[name].default == getattr(cli, name), name
     assert params["show_progress"].default is (not cli.no_progress)
+    recipe_params = inspect.signature(bench.bench_recipe).parameters  # stochastic recipes (dream_origin) use it
+    assert (recipe_params["repeats"].default, recipe_params["seed"].default) == (cli.repeats, cli.seed)
 
 
 def test_machine_info_names_the_processor():
