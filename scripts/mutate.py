@@ -442,14 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
 
     mutants = expand(load_targets(args.target))
-    if args.only:
-        mutants = [m for m in mutants if m.id in set(args.only)]
     if args.sample is not None and args.sample < len(mutants):
         shuffled = list(mutants)
         random.Random(args.seed).shuffle(shuffled)  # a prefix of one shuffle: a larger --sample extends a smaller one
         mutants = sorted(shuffled[: args.sample], key=lambda m: (m.file, m.line))
     if args.list:
-        for m in mutants:
+        for m in (m for m in mutants if not args.only or m.id in args.only):
             print(f"{m.id} {m.file}:{m.line} [{m.kind}] {m.function}\n    {m.diff().replace(chr(10), chr(10) + '    ')}")
         print(f"{len(mutants)} mutants")
         return 0
@@ -459,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     prev = {} if args.fresh or not json_path.exists() else json.loads(json_path.read_text())
     old = prev.get("results", {})
     results = {k: v for k, v in old.items() if k in {m.id for m in mutants}}
+    only = set(args.only or [m.id for m in mutants])  # --only narrows what runs, not what the report holds
     if args.rerun_survivors:
-        results = {k: v for k, v in results.items() if v["status"] in ("killed", "timeout")}
-    todo = [m for m in mutants if m.id not in results]
+        results = {k: v for k, v in results.items() if v["status"] in ("killed", "timeout") or k not in only}
+    todo = [m for m in mutants if m.id not in results and m.id in only]
     command = "python scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     runs = prev.get("runs", [])  # every invocation that ran mutants into this result (first run, resumes, reruns)
     print(f"{len(mutants)} mutants, {len(results)} already done, {len(todo)} to run with {args.jobs} jobs", flush=True)
