@@ -61,9 +61,11 @@ class Prophet(CommitPolicy):
         return dict(step=jnp.zeros((batch,), jnp.int32), fired=jnp.zeros((batch,), bool))
 
     def threshold(self, step):
-        progress = step.astype(jnp.float32) / self.total_steps
-        return jnp.where(progress < 0.33, self.early_threshold,
-                         jnp.where(progress < 0.67, self.mid_threshold, self.late_threshold))
+        # progress = step / total_steps against 0.33 / 0.67, compared exactly in integers: float32 division puts
+        # step 33 of 100 below 0.33 (early), where the official float64 `progress < 0.33` says mid.
+        pct = step.astype(jnp.int32) * 100
+        return jnp.where(pct < 33 * self.total_steps, self.early_threshold,
+                         jnp.where(pct < 67 * self.total_steps, self.mid_threshold, self.late_threshold))
 
     def answer_gap(self, proposal, candidates):
         top2 = jax.lax.top_k(proposal.log_probs.astype(jnp.float32), 2)[0]
