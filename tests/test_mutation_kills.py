@@ -114,3 +114,11 @@ def test_prophet_phase_boundaries_and_one_position_answer_region():
     prop = Proposal(tokens=jnp.zeros((1, 2), jnp.int32), confidence=z, neg_entropy=z, margin=z, log_probs=lp)
     gap = float(p.answer_gap(prop, jnp.ones((1, 2), bool))[0])
     assert gap == pytest.approx(float(np.log(0.6) - np.log(0.3)), rel=1e-5)
+
+
+def test_r2_rules_switch_on_from_one_step_and_window():
+    from jdllm.decode.policies.r2 import R2
+
+    assert R2(temporal_steps=1).temporal_on and not R2(temporal_steps=0).temporal_on
+    assert not R2(temporal_steps=3, temporal_score=None).temporal_on
+    assert R2(window=1).sweep_on and not R2(window=0).sweep_on and not R2(window=3, window_mean=None).sweep_on
