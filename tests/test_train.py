@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,8 +13,8 @@ from jdllm.models.transformer import Transformer
 from jdllm.tasks import make_problems
 from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
-    TrainConfig, batch_indices, default_tokenizer, diffusion_loss, evaluate, export_llada,
-    fourier_number_init, make_greedy_sampler, problems_to_sft, train, transfer_schedule)
+    TrainConfig, batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
+    fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule)
 
 P, G = 96, 64
 
@@ -48,12 +49,145 @@ def test_sft_layout(tok, data):
     assert (ans[first_eos:] == tok.eos_id).all()  # EOS padding fills the tail
 
 
-def test_loss_never_masks_the_prompt(tok, data):
-    model = Transformer(tiny_cfg(tok), rngs=nnx.Rngs(0))
-    b = slice(0, 8)
-    loss, m = diffusion_loss(model, data.tokens[b], data.attention_mask[b], data.answer_mask[b], jax.random.key(0),
-                             mask_id=tok.mask_id, eps=1e-3)
-    assert np.isfinite(float(loss)) and float(loss) > 0
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _hand_sft_loss(logits, tokens, masked, p_mask, answer_mask):
+    """LLaDA GUIDELINES.md SFT, in numpy float64: token_loss = CE / p_mask on masked positions;
+    loss = sum(token_loss / answer_length_of_its_row) / batch_size."""
+    ce = -np.take_along_axis(_log_softmax(logits.astype(np.float64)), tokens[..., None], -1)[..., 0]
+    answer_len = answer_mask.sum(-1)
+    total = 0.0
+    for b in range(tokens.shape[0]):
+        for i in range(tokens.shape[1]):
+            if masked[b, i]:
+                total += ce[b, i] / p_mask[b] / answer_len[b]
+    return total / tokens.shape[0], ce
+
+
+@pytest.fixture(scope="module")
+def loss_case():
+    """Two rows of 7 positions, vocab 5: row 0 has a 3-token prompt (answer length 4), row 1 a 4-token prompt
+    (answer length 3), so per-row normalisation differs from dividing by the total answer length."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 7, 5)).astype(np.float32)
+    tokens = rng.integers(0, 5, size=(2, 7)).astype(np.int32)
+    answer_mask = np.zeros((2, 7), bool)
+    answer_mask[0, 3:] = True
+    answer_mask[1, 4:] = True
+    masked = np.zeros((2, 7), bool)
+    masked[0, [3, 5]] = True
+    masked[1, [4, 5, 6]] = True
+    p_mask = np.array([0.25, 0.8], np.float32)
+    return logits, tokens, masked, p_mask, answer_mask
+
+
+def test_sft_loss_is_the_llada_objective_by_hand(loss_case):
+    logits, tokens, masked, p_mask, answer_mask = loss_case
+    loss, m = _sft(*loss_case)
+    want, ce = _hand_sft_loss(*loss_case)
+    # by hand: row 0 (ce[0,3] + ce[0,5]) / 0.25 / 4, row 1 (ce[1,4] + ce[1,5] + ce[1,6]) / 0.8 / 3, mean of the two
+    assert want == pytest.approx(((ce[0, 3] + ce[0, 5]) / 0.25 / 4 + ce[1, 4:].sum() / 0.8 / 3) / 2)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(m["loss"]) == float(loss)
+    assert float(m["masked_ce"]) == pytest.approx(ce[masked].mean(), rel=1e-5)
+    hits = logits.argmax(-1) == tokens
+    assert float(m["masked_acc"]) == pytest.approx(hits[masked].mean())
+
+
+def test_sft_loss_weight_is_one_over_p_mask(loss_case):
+    logits, tokens, masked, p_mask, answer_mask = loss_case
+    only_row0 = masked & (np.arange(2)[:, None] == 0)
+    base = float(_sft(logits, tokens, only_row0, p_mask, answer_mask)[0])
+    halved = float(_sft(logits, tokens, only_row0, p_mask * np.array([0.5, 1.0], np.float32), answer_mask)[0])
+    assert halved == pytest.approx(2 * base, rel=1e-6)
+    loss0, m0 = _sft(logits, tokens, np.zeros_like(masked), p_mask, answer_mask)
+    assert float(loss0) == 0.0 and float(m0["masked_ce"]) == 0.0 and float(m0["masked_acc"]) == 0.0  # not NaN
+    one = np.zeros_like(masked)
+    one[1, 5] = True
+    _, m1 = _sft(logits, tokens, one, p_mask, answer_mask)
+    ce15 = -_log_softmax(logits[1, 5].astype(np.float64))[tokens[1, 5]]
+    assert float(m1["masked_ce"]) == pytest.approx(ce15, rel=1e-5)  # the mean over one masked position
+
+
+def test_sft_loss_short_and_empty_answer_rows():
+    """A row whose answer is one token is divided by 1; a row with no answer contributes 0 (not NaN) and still
+    counts in the batch mean, as in LLaDA's sum(...) / batch_size."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    tokens = rng.integers(0, 5, size=(3, 4)).astype(np.int32)
+    answer_mask = np.zeros((3, 4), bool)
+    answer_mask[0, 3] = True  # answer length 1
+    answer_mask[1, 1:] = True  # answer length 3
+    masked = answer_mask.copy()  # row 2: no answer, nothing masked
+    p_mask = np.array([0.5, 0.5, 0.5], np.float32)
+    ce = -np.take_along_axis(_log_softmax(logits.astype(np.float64)), tokens[..., None], -1)[..., 0]
+    want = (ce[0, 3] / 0.5 / 1 + ce[1, 1:].sum() / 0.5 / 3 + 0.0) / 3
+    assert float(_sft(logits, tokens, masked, p_mask, answer_mask)[0]) == pytest.approx(want, rel=1e-5)
+
+
+_draw = jax.jit(draw_mask, static_argnames=("stratified_t",))
+_sft = jax.jit(sft_loss)
+
+
+def test_draw_mask_never_masks_the_prompt_and_masks_the_answer_with_prob_p():
+    b, l, prompt = 8, 4000, 1000
+    answer_mask = np.zeros((b, l), bool)
+    answer_mask[:, prompt:] = True
+    answer_mask[3, : prompt + 500] = False  # one row with a longer prompt
+    for seed in range(3):
+        masked, p_mask = _draw(jax.random.key(seed), jnp.asarray(answer_mask), eps=0.1)
+        masked, p_mask = np.asarray(masked), np.asarray(p_mask)
+        assert not masked[~answer_mask].any()
+        n = answer_mask.sum(-1)
+        frac = masked.sum(-1) / n
+        assert np.all(np.abs(frac - p_mask) < 5 * np.sqrt(p_mask * (1 - p_mask) / n) + 1e-6), (frac, p_mask)
+        # stratified t: p_mask = 0.9 t + 0.1 with one t in each [i/8, (i+1)/8), in shuffled row order
+        t = (p_mask - 0.1) / 0.9
+        assert np.sort(np.floor(t * b + 1e-4)).tolist() == list(range(b)), t
+        assert (np.argsort(t) != np.arange(b)).any() or seed  # rows are shuffled (at least for one key)
+
+
+def test_draw_mask_eps_and_unstratified_t():
+    answer_mask = jnp.ones((8, 4000), bool)
+    masked, p_mask = _draw(jax.random.key(0), answer_mask, eps=1.0)
+    assert np.asarray(masked).all() and np.asarray(p_mask).tolist() == [1.0] * 8  # p_mask = (1 - 1) t + 1
+    _, p = _draw(jax.random.key(0), answer_mask, eps=0.0, stratified_t=False)
+    p = np.asarray(p)
+    assert ((0 <= p) & (p < 1)).all() and np.sort(np.floor(p * 8)).tolist() != list(range(8))
+
+
+class _RecordingModel:
+    """Stands in for the Transformer: records its input and returns fixed logits."""
+
+    def __init__(self, logits):
+        self.logits, self.seen = logits, []
+
+    def __call__(self, noisy, attention_mask):
+        self.seen.append((noisy, attention_mask))
+        return jnp.asarray(self.logits)
+
+
+def test_diffusion_loss_feeds_the_masked_rows_and_scores_them_by_hand(tok, data):
+    rows = slice(0, 4)
+    tokens, attn, ans = data.tokens[rows], data.attention_mask[rows], data.answer_mask[rows]
+    logits = np.random.default_rng(1).normal(size=(*tokens.shape, tok.vocab_size)).astype(np.float32)
+    key = jax.random.key(3)
+
+    @jax.jit
+    def loss_and_model_input(tokens, attn, ans, key, logits):
+        model = _RecordingModel(logits)
+        loss, _ = diffusion_loss(model, tokens, attn, ans, key, mask_id=tok.mask_id, eps=1e-3)
+        return loss, *model.seen[0], *draw_mask(key, ans, eps=1e-3)
+
+    loss, noisy, seen_attn, masked, p_mask = map(np.asarray, loss_and_model_input(tokens, attn, ans, key, logits))
+    assert (noisy[:, :P] == tokens[:, :P]).all()  # the prompt reaches the model unmasked
+    assert ((noisy == tok.mask_id) == masked).all() and masked[:, P:].any()
+    assert (noisy[~masked] == tokens[~masked]).all() and (seen_attn == attn).all()
+    want, _ = _hand_sft_loss(logits, tokens, masked, p_mask, ans)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
 
 
 def test_training_makes_the_loss_fall(tok, data):
@@ -100,22 +234,58 @@ def test_transfer_schedule():
     assert transfer_schedule(32, 5).tolist() == [7, 7, 6, 6, 6]
 
 
-def test_greedy_sampler_commits_one_token_per_step(tok):
+def _llada_greedy_reference(forward, prompts, mask_id, gen_length, block_length, steps):
+    """LLaDA's official `generate` (low_confidence remasking, temperature 0), written from generate.py in numpy:
+    per block, `get_num_transfer_tokens` splits the block's masks evenly over its steps (remainder to the first
+    steps); each step commits the k masked positions of the current block with the highest softmax probability
+    of their argmax token."""
+    b, p = prompts.shape
+    x = np.concatenate([prompts, np.full((b, gen_length), mask_id, prompts.dtype)], axis=1)
+    spb = steps // (gen_length // block_length)
+    for blk in range(gen_length // block_length):
+        lo, hi = p + blk * block_length, p + (blk + 1) * block_length
+        n_masked = (x[:, lo:hi] == mask_id).sum(-1)
+        for i in range(spb):
+            k = n_masked // spb + (i < n_masked % spb)
+            logits = np.asarray(forward(x), np.float64)
+            x0 = logits.argmax(-1)
+            prob = np.exp(logits - logits.max(-1, keepdims=True))
+            prob = (prob / prob.sum(-1, keepdims=True))[np.arange(b)[:, None], np.arange(x.shape[1]), x0]
+            prob[:, hi:] = -np.inf
+            conf = np.where(x == mask_id, prob, -np.inf)
+            for r in range(b):
+                for j in np.argsort(-conf[r], kind="stable")[: k[r]]:
+                    x[r, j] = x0[r, j]
+    return x[:, p:]
+
+
+def mask_lengths_differ(mask):
+    return len(set(mask.sum(-1).tolist())) > 1
+
+
+def test_greedy_sampler_is_llada_low_confidence_decoding(tok):
     cfg = tiny_cfg(tok)
     model = Transformer(cfg, rngs=nnx.Rngs(1))
     graphdef, params = nnx.split(model)
     prompts = np.full((2, 8), tok.pad_id, np.int32)
-    prompts[:, 3:] = np.asarray(tok.encode("ab cd"))
+    for r, text in enumerate(("ab cd", "12 + 34 =")):  # ragged left padding
+        ids = tok.encode(text)
+        prompts[r, 8 - len(ids):] = ids
+    assert mask_lengths_differ(prompts != tok.pad_id)
     mask = prompts != tok.pad_id
-    for steps in (4, 8):
-        out = make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=steps)(
-            params, prompts, mask)
-        assert out.shape == (2, 8)
-    # 2 steps per block of 4 -> 2 tokens per step; 1 step per block of 4 would leave nothing masked either
-    out = make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=2)(params, prompts, mask)
-    assert out.shape == (2, 8)
-    acc = evaluate(model, make_problems(4, "test", seed=0), gen_length=32, block_length=32, tokenizer=tok)
-    assert 0.0 <= acc <= 1.0
+    valid = np.concatenate([mask, np.ones((2, 8), bool)], axis=1)
+    forward = jax.jit(lambda x: nnx.merge(graphdef, params)(x, attention_mask=valid))
+    for steps in (8, 6, 2):  # per block of 4: 1 token per step; 2, 1, 1 (remainder first); 4 at once
+        out = np.asarray(make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=steps)(
+            params, prompts, mask))
+        ref = _llada_greedy_reference(forward, prompts, cfg.mask_id, 8, 4, steps)
+        assert (out == ref).all(), (steps, out, ref)
+        assert not (out == cfg.mask_id).any()
+    with pytest.raises(ValueError, match="steps=3"):
+        make_greedy_sampler(graphdef, cfg.mask_id, gen_length=8, block_length=4, steps=3)
+    make_greedy_sampler(graphdef, cfg.mask_id, gen_length=64)  # default blocks of 32 (nothing compiles yet)
+    with pytest.raises(ValueError, match="block_length=32"):
+        make_greedy_sampler(graphdef, cfg.mask_id, gen_length=48)
 
 
 def test_export_is_llada_layout_and_round_trips(tok, tmp_path):

@@ -176,7 +176,19 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_pareto(report: dict[str, Any], path: str) -> None:
+def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (higher is better), sorted by x."""
+    front, best = [], -float("inf")
+    for i in sorted(range(len(xs)), key=lambda i: -xs[i]):
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    return sorted(front, key=lambda i: xs[i])
+
+
+def plot_pareto(report: dict[str, Any], path: str):
+    """Accuracy (%) against tokens/s of every recipe, with the Pareto front, saved to `path`; returns the
+    (closed) matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,13 +201,7 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
     ax.scatter(xs, ys)
     for r, x, y in zip(rows, xs, ys):
         ax.annotate(r["recipe"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    order = sorted(range(len(rows)), key=lambda i: -xs[i])
-    front, best = [], -1.0
-    for i in order:
-        if ys[i] > best:
-            front.append(i)
-            best = ys[i]
-    front.sort(key=lambda i: xs[i])
+    front = pareto_front(xs, ys)
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", alpha=0.6, label="Pareto front")
     ax.set_xlabel("generated tokens / s (answer tokens, compile excluded)")
     ax.set_ylabel("held-out accuracy (%)")
@@ -205,6 +211,7 @@ def plot_pareto(report: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def parse_recipe_names(text: str) -> list[str]:

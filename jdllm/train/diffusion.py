@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
@@ -133,10 +134,14 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
 
 
 # ==================================================================================================== objective
-def diffusion_loss(model: Transformer, tokens, attention_mask, answer_mask, key, *, mask_id: int, eps: float,
-                   stratified_t: bool = True):
-    """LLaDA SFT loss of one batch; returns (loss, metrics)."""
-    b, l = tokens.shape
+def draw_mask(key: Array, answer_mask: Bool[Array, "b l"], *, eps: float,
+              stratified_t: bool = True) -> tuple[Bool[Array, "b l"], Float[Array, " b"]]:
+    """LLaDA's forward process on the answer region (GUIDELINES.md `forward_process`, SFT variant).
+
+    t ~ U(0, 1) per row (stratified: t_i = (i + u) / B, then shuffled across rows), p_mask = (1 - eps) t + eps, and
+    each answer position is masked independently with probability p_mask; the prompt is never masked.
+    Returns (masked bool [B, L], p_mask float32 [B])."""
+    b, l = answer_mask.shape
     k_t, k_m = jax.random.split(key)
     u = jax.random.uniform(k_t, (b,), jnp.float32)
     t = (jnp.arange(b, dtype=jnp.float32) + u[0]) / b if stratified_t else u
@@ -144,16 +149,32 @@ def diffusion_loss(model: Transformer, tokens, attention_mask, answer_mask, key,
         t = jax.random.permutation(k_t, t)
     p_mask = (1.0 - eps) * t + eps
     masked = (jax.random.uniform(k_m, (b, l)) < p_mask[:, None]) & answer_mask
-    noisy = jnp.where(masked, mask_id, tokens)
-    logits = model(noisy, attention_mask=attention_mask)
+    return masked, p_mask
+
+
+def sft_loss(logits: Float[Array, "b l v"], tokens: Int[Array, "b l"], masked: Bool[Array, "b l"],
+             p_mask: Float[Array, " b"], answer_mask: Bool[Array, "b l"]) -> tuple[Array, dict[str, Array]]:
+    """LLaDA SFT objective of one batch given its mask: for each row, the sum over masked positions of
+    CE / p_mask divided by the row's answer length (EOS padding included), averaged over rows (GUIDELINES.md SFT:
+    `sum(token_loss / answer_lengths[masked]) / B`). Returns (loss, metrics)."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     weighted = jnp.where(masked, ce / p_mask[:, None], 0.0)
-    n_answer = jnp.maximum(answer_mask.sum(), 1)
-    loss = weighted.sum() / n_answer
+    answer_len = jnp.maximum(answer_mask.sum(-1), 1)
+    loss = (weighted.sum(-1) / answer_len).mean()
     n_masked = jnp.maximum(masked.sum(), 1)
     metrics = {"loss": loss, "masked_ce": jnp.where(masked, ce, 0.0).sum() / n_masked,
                "masked_acc": jnp.where(masked, logits.argmax(-1) == tokens, False).sum() / n_masked}
     return loss, metrics
+
+
+def diffusion_loss(model: Transformer, tokens, attention_mask, answer_mask, key, *, mask_id: int, eps: float,
+                   stratified_t: bool = True):
+    """LLaDA SFT loss of one batch (`draw_mask`, then `sft_loss` of the model on the masked rows); returns
+    (loss, metrics)."""
+    masked, p_mask = draw_mask(key, answer_mask, eps=eps, stratified_t=stratified_t)
+    noisy = jnp.where(masked, mask_id, tokens)
+    logits = model(noisy, attention_mask=attention_mask)
+    return sft_loss(logits, tokens, masked, p_mask, answer_mask)
 
 
 def gpt2_init(params, cfg: ModelConfig, seed: int):
