@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = factor x baseline + 30 s")
     ap.add_argument("--out", default=None, help="output stem: writes STEM.json and STEM.md (resumes from STEM.json)")
     ap.add_argument("--fresh", action="store_true", help="ignore results already in STEM.json")
+    ap.add_argument("--report", action="store_true", help="only rewrite STEM.md / the summary from STEM.json")
     ap.add_argument("--skip-baseline", action="store_true",
                     help="do not re-check that the unmutated subsets pass (timeout 630 s); only for quick reruns")
     ap.add_argument("--rerun-survivors", action="store_true",
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or [m.id for m in mutants])  # --only narrows what runs, not what the report holds
     if args.rerun_survivors:
         results = {k: v for k, v in results.items() if v["status"] in ("killed", "timeout") or k not in only}
-    todo = [m for m in mutants if m.id not in results and m.id in only]
+    todo = [] if args.report else [m for m in mutants if m.id not in results and m.id in only]
     command = "python scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     runs = prev.get("runs", [])  # every invocation that ran mutants into this result (first run, resumes, reruns)
     print(f"{len(mutants)} mutants, {len(results)} already done, {len(todo)} to run with {args.jobs} jobs", flush=True)
