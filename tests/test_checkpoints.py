@@ -126,7 +126,25 @@ SAFETENSORS_CASES = {
     "offsets_beyond_file": (edit_header(_extra_beyond_end), r"the header's tensors end at byte \d+, but the file has \d+ bytes \(truncated"),
     "missing_offsets": (edit_header(lambda h: h[LN_F].pop("data_offsets")), rf"tensor '{LN_F}': entry must hold"),
     "integer_weight": (_set(LN_F, "dtype", "I32"), rf"tensor '{LN_F}' has dtype int32, expected a float dtype"),
+    "truncated_to_7_bytes": (lambda r: r[:7], r"7 bytes, shorter than the 8-byte header length"),
+    "shape_of_floats": (_set(LN_F, "shape", [16.0]), rf"tensor '{LN_F}': shape \[16.0\] is not a list of non-negative"),
+    "negative_dim": (_set(LN_F, "shape", [-16]), rf"tensor '{LN_F}': shape \[-16\] is not a list of non-negative"),
+    "three_offsets": (edit_header(lambda h: h[LN_F].__setitem__("data_offsets", h[LN_F]["data_offsets"] + [0])),
+                      rf"tensor '{LN_F}': data_offsets \[\d+, \d+, 0\] is not \[begin, end\]"),
+    "reversed_offsets": (edit_header(lambda h: h[LN_F].__setitem__("data_offsets", h[LN_F]["data_offsets"][::-1])),
+                         rf"tensor '{LN_F}': data_offsets \[\d+, \d+\] is not \[begin, end\]"),
 }
+
+
+def test_empty_tensor_is_a_valid_safetensors_entry(tmp_path):
+    """A zero-size dimension with begin == end is valid safetensors (the format allows empty tensors)."""
+    from jdllm.weights.safetensors_io import read_header
+
+    f = tmp_path / "empty.safetensors"
+    f.write_bytes(join_file({"a": {"dtype": "F32", "shape": [0, 4], "data_offsets": [0, 0]},
+                             "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8))
+    header, _ = read_header(str(f))
+    assert header["a"]["shape"] == [0, 4] and header["b"]["data_offsets"] == [0, 8]
 
 
 @pytest.mark.parametrize("case", sorted(SAFETENSORS_CASES))
