@@ -192,19 +192,23 @@ def test_format_table_shows_accuracy_speedup_and_setup(report):
     van = next(line for line in lines if line.startswith("vanilla"))
     r = next(r for r in report["results"] if r["recipe"] == "vanilla")
     assert van.split()[1:4] == [f"{100 * r['accuracy']:.1f}%", "32.0", "1.00"] and "1.00x" in van
-    assert f"gen_length {GEN}, batch 2, n 3)" in lines[-1]
+    assert f"gen_length {GEN}, batch 2, n 3, matmul peak " in lines[-1]
     no_base = dict(report, results=[dict(r, speedup_vs_vanilla=None) for r in report["results"]])
     assert " - " in bench.format_table(no_base).splitlines()[2]
 
 
 def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys):
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    args = argparse.Namespace(model=None, recipes=" vanilla , ,", n=3, batch_size=2, gen_length=None, repeats=1,
+    args = argparse.Namespace(model=None, recipes=" vanilla ", n=3, batch_size=2, gen_length=None, repeats=1,
                               seed=0, no_progress=True, out=str(out), plot=str(plot))
     assert bench.run_bench_cli(args) == 0
     data = json.loads(out.read_text())
     assert [r["recipe"] for r in data["results"]] == ["vanilla"]
-    assert set(data) == {"date", "machine", "model", "task", "gen_length", "batch_size", "repeats", "results"}
+    assert set(data) == {"date", "machine", "model", "task", "gen_length", "batch_size", "repeats", "peak_flops_per_s",
+                         "results"}
+    row = data["results"][0]
+    assert row["flops_per_token"] > 0 and 0 < row["fraction_of_peak"]
+    assert row["achieved_flops_per_s"] == pytest.approx(row["fraction_of_peak"] * data["peak_flops_per_s"])
     assert data["gen_length"] == GEN == load_bundle().gen_length  # gen_length=None: the bundle's
     assert data["results"][0]["decode_kwargs"]["steps"] == GEN
     assert plot.stat().st_size > 0
