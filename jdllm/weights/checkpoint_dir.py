@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -180,3 +181,20 @@ def atomic_checkpoint_dir(target: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str) -> object:
+    """The JSON value of a checkpoint file; ValueError naming the file when it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_object(path: str) -> dict:
+    """`read_json` of a file that must hold a JSON object (config.json, jdllm_config.json)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -14,7 +14,7 @@ from flax import nnx
 
 from jdllm.models.config import ModelConfig, config_from_hf
 from jdllm.models.transformer import Transformer
-from jdllm.weights.checkpoint_dir import atomic_checkpoint_dir
+from jdllm.weights.checkpoint_dir import atomic_checkpoint_dir, read_json_object
 from jdllm.weights.keymaps import describe_unexpected, expected_names
 from jdllm.weights.safetensors_io import open_checkpoint, save_file, write_sharded
 
@@ -54,14 +54,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(str(directory), "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no config.json")
-    try:
-        with open(path) as f:
-            conf = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(conf, dict):
-        raise ValueError(f"{path}: must hold a JSON object, got {type(conf).__name__}")
-    return conf
+    return read_json_object(path)
 
 
 def read_hf_config(directory: str | os.PathLike, dtype: str | None = None) -> ModelConfig:

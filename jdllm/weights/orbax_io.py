@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -11,7 +10,8 @@ from flax import nnx
 
 from jdllm.models.config import ModelConfig
 from jdllm.models.transformer import Transformer
-from jdllm.weights.checkpoint_dir import ORBAX_CONFIG, ORBAX_PARAMS, atomic_checkpoint_dir, orbax_files
+from jdllm.weights.checkpoint_dir import (ORBAX_CONFIG, ORBAX_PARAMS, atomic_checkpoint_dir, orbax_files,
+                                        read_json_object)
 from jdllm.weights.hf import abstract_model, first_non_finite
 
 CONFIG_FILE = ORBAX_CONFIG
@@ -41,13 +41,7 @@ def read_orbax_config(directory: str) -> ModelConfig:
         raise ValueError(f"{directory}: orbax checkpoint without {CONFIG_FILE} (holds {held})")
     if not os.path.isdir(os.path.join(directory, ORBAX_PARAMS)):
         raise ValueError(f"{directory}: orbax checkpoint without its {ORBAX_PARAMS}/ directory")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    data = read_json_object(path)
     try:
         return ModelConfig.from_dict(data)
     except (TypeError, ValueError) as e:

@@ -15,6 +15,8 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from jdllm.weights.checkpoint_dir import read_json
+
 _DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -182,11 +184,7 @@ def open_checkpoint(directory: str | os.PathLike) -> dict[str, SafetensorsFile]:
 
 def read_index(index_path: str) -> dict[str, str]:
     """The `weight_map` of a `model.safetensors.index.json`; ValueError naming the file on bad JSON or layout."""
-    try:
-        with open(index_path) as f:
-            index = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{index_path}: not valid JSON ({e})") from None
+    index = read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{index_path}: needs a 'weight_map' object of tensor name -> file name")
