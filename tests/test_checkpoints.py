@@ -494,3 +494,83 @@ def test_cli_refuses_non_finite_weights(tmp_path, capsys, command):
     assert main(argv) == 2
     assert f"{d / 'model.safetensors'}: tensor '{LN_F}': 1 of" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------- swap, carry-over, leftovers
+def _renameat2_swaps(a: str, b: str) -> bool:
+    """Independent probe: does this kernel + filesystem swap two directories with renameat2(RENAME_EXCHANGE)?"""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name, use_errno=True) if name else None
+    if libc is None or not hasattr(libc, "renameat2"):
+        return False
+    return libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+
+
+@pytest.fixture
+def exchange_supported(tmp_path):
+    a, b = tmp_path / "probe_a", tmp_path / "probe_b"
+    a.mkdir(), b.mkdir()
+    ok = _renameat2_swaps(str(a), str(b))
+    shutil.rmtree(a), shutil.rmtree(b)
+    if not ok:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; the rename fallback is used")
+
+
+def test_exchange_swaps_relative_paths_and_names_a_missing_one(tmp_path, monkeypatch, exchange_supported):
+    from jdllm.weights.checkpoint_dir import _exchange
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("a"), os.mkdir("b")
+    (tmp_path / "a" / "x").write_text("in a")
+    assert _exchange("a", "b") is True  # relative paths resolve against the working directory (AT_FDCWD)
+    assert (tmp_path / "b" / "x").read_text() == "in a" and os.listdir("a") == []
+    with pytest.raises(FileNotFoundError, match="cannot swap a and missing"):
+        _exchange("a", "missing")  # a real error is raised, not taken for "unsupported"
+
+
+def test_save_keeps_symlinks_among_the_carried_over_files(tmp_path, model):
+    d, outside = tmp_path / "m", tmp_path / "shared_tokenizer.json"
+    outside.write_text("{}")
+    save_hf(model, d)
+    os.symlink(outside, d / "tokenizer.json")
+    (d / "extra").mkdir()
+    os.symlink(outside, d / "extra" / "tok.json")
+    jdllm.save(make_model(1, rope_theta=20000.0), d, format="hf")
+    assert os.path.islink(d / "tokenizer.json") and os.readlink(d / "tokenizer.json") == str(outside)
+    assert os.path.islink(d / "extra" / "tok.json")
+
+
+def test_a_writer_that_fails_after_removing_the_temporary_raises_its_own_error(tmp_path):
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_checkpoint_dir(tmp_path / "m") as tmp:
+            shutil.rmtree(tmp)
+            raise RuntimeError("writer failed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_leftovers_of_a_live_save_are_kept(tmp_path, model):
+    """A leftover named after a running process (another save in progress) is not deleted; a dead one is."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".m.jdllm-save-{sleeper.pid}-abcdef12"
+        dead = tmp_path / ".m.jdllm-save-999999999-abcdef12"
+        live.mkdir(), dead.mkdir()
+        save_hf(model, tmp_path / "m")
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, "m"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_tied_embeddings_round_trip_without_an_lm_head(tmp_path):
+    from jdllm.weights.keymaps import expected_names
+
+    tied = make_model(0, tie_embeddings=True)
+    names = expected_names(tied.config)
+    assert "lm_head.weight" not in names and "model.transformer.ff_out.weight" not in names
+    assert any(n.endswith("wte.weight") for n in names) and len(names) > 3
+    save_hf(tied, tmp_path / "t")
+    assert same_model(jdllm.load(tmp_path / "t"), tied)

@@ -136,3 +136,62 @@ def test_temporal_spatial_defaults_and_noise_ranges():
                 dict(init_slope_var=-0.01)):
         with pytest.raises(ValueError, match="noise variances"):
             TemporalSpatial(**bad)
+
+
+# ------------------------------------------------------------------------------------ constructor bounds
+def test_policy_and_schedule_bounds_accept_their_edges():
+    """The smallest legal values are legal: tau = 0 (commit every candidate) and 1, one step per block, a
+    one-token generation."""
+    from jdllm.decode.policies import Threshold, TopK
+    from jdllm.decode.schedules.semi_ar import SemiAutoregressive
+
+    assert Threshold(0.0).tau == 0.0 and Threshold(1.0).tau == 1.0
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match="threshold must lie in"):
+            Threshold(bad)
+    assert TopK(block_length=4, steps_per_block=1).steps_per_block == 1
+    with pytest.raises(ValueError, match="steps_per_block must be >= 1"):
+        TopK(block_length=4, steps_per_block=0)
+    assert SemiAutoregressive(gen_length=1, block_length=1).width == 1
+    with pytest.raises(ValueError, match="gen_length and block_length must be >= 1"):
+        SemiAutoregressive(gen_length=0, block_length=1)
+
+
+# ------------------------------------------------------------------------- TSPD controller features
+def test_temporal_spatial_features_by_hand():
+    """Two steps of one row, hand-computed from the feature list in temporal_spatial.py's docstring: momentum
+    (confidence change when the token stayed), flip, age, i / W and the distance to the nearest decoded
+    position / W."""
+    import jax
+    from jdllm.decode.policies import StepContext, TemporalSpatial
+    from jdllm.decode.proposal import Proposal
+
+    seen = []
+
+    def controller(features):
+        seen.append(np.asarray(features))
+        return features[..., 0]
+
+    def proposal(conf, tokens):
+        conf = jnp.asarray([conf], jnp.float32)
+        z = jnp.zeros_like(conf)
+        return Proposal(tokens=jnp.asarray([tokens], jnp.int32), confidence=conf, neg_entropy=z, margin=z,
+                        log_probs=z[..., None])
+
+    def ctx(step):
+        return StepContext(step_in_block=jnp.asarray([step], jnp.int32), block_start=jnp.asarray([step == 0]),
+                           keys=jax.random.split(jax.random.key(0), 1))
+
+    policy = TemporalSpatial(controller=controller, controller_tau=2.0)  # the sensor never fires
+    cand = jnp.asarray([[True, True, False, True, True]])  # position 2 is decoded
+    state = policy.init_state(1, 5)
+    _, state = policy.select(proposal([0.3, 0.4, 0.0, 0.5, 0.6], [1, 2, 3, 4, 5]), cand, ctx(0), state)
+    _, state = policy.select(proposal([0.35, 0.3, 0.0, 0.9, 0.6], [1, 7, 3, 4, 5]), cand, ctx(1), state)
+    f = seen[-1][0]
+    names = list(TemporalSpatial.FEATURES)
+    col = lambda name: f[:, names.index(name)]  # noqa: E731
+    np.testing.assert_allclose(col("momentum"), [0.05, 0.0, 0.0, 0.4, 0.0], atol=1e-6)  # momentum; 1 flipped
+    np.testing.assert_array_equal(col("flip"), [0, 1, 0, 0, 0])                  # flip
+    np.testing.assert_array_equal(col("age")[[0, 1, 3, 4]], [2, 1, 2, 2])       # age
+    np.testing.assert_allclose(col("position"), np.arange(5) / 5, atol=1e-7)         # position i / W
+    np.testing.assert_allclose(col("distance"), np.array([2, 1, 0, 1, 2]) / 5, atol=1e-7)  # distance / W

@@ -149,6 +149,8 @@ def test_propose_sharded_equals_propose():
     logits[0, 0, [10, 70]] = 20.0   # tie across shards: the lowest id wins, as jnp.argmax
     logits[1, 1, 95] = 50.0         # the mask id is never proposed
     logits[2, 2, [30, 31]] = 9.0    # tie inside a shard
+    logits[3, 3, :] = -60.0           # a logit range of 120: exp overflows float32 unless shifted by the max
+    logits[3, 3, 3] = 60.0
     keys = jax.random.split(jax.random.key(1), 4)
 
     @jax.jit
@@ -161,6 +163,15 @@ def test_propose_sharded_equals_propose():
             np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-5, atol=1e-6, err_msg=f)
     greedy = both(logits, keys)[0][1].tokens
     assert int(greedy[0, 0]) == 10 and int(greedy[1, 1]) != 95 and int(greedy[2, 2]) == 30
+
+
+@needs8
+def test_propose_sharded_refuses_slices_of_one_id():
+    mesh = S.make_mesh(data=2, tensor=4)
+    with pytest.raises(ValueError, match=r"vocab size 4 cannot be split into 4 slices of >= 2 ids"):
+        propose_sharded(jnp.zeros((2, 3, 4)), 0.0, None, 3, mesh, "data", ("tensor",))
+    with pytest.raises(ValueError, match=r"vocab size 10 cannot be split into 4 slices"):
+        propose_sharded(jnp.zeros((2, 3, 10)), 0.0, None, 3, mesh, "data", ("tensor",))
 
 
 _COLLECTIVE = re.compile(r"=\s*(\(?[a-z0-9]+\[[^=]*?)\s(all-gather|all-gather-start|all-to-all)\(")
