@@ -23,7 +23,7 @@ from jdllm.decode.caches import CacheStrategy
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
 from jdllm.decode.memory import plan_batch
 from jdllm.decode.policies import CommitPolicy
-from jdllm.decode.schedules import SemiAutoregressive
+from jdllm.decode.schedules import BlockSchedule, SemiAutoregressive
 from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import checkpoint_format, leftovers
 from jdllm.weights.hf import load_hf, read_hf_config, save_hf
@@ -173,7 +173,7 @@ def generate(
     refresh_every: int | None = None,
     eos_early_stop: bool | None = None,
     policy: CommitPolicy | None = None,
-    schedule: SemiAutoregressive | None = None,
+    schedule: BlockSchedule | None = None,
     seed: int = 0,
     row_ids: Sequence[int] | None = None,
     prompt_length: int | None = None,
@@ -231,13 +231,13 @@ def generate(
     run = decode_debug if debug else decode
     if plan is None:
         micro = plan_batch(cfg, spec, batch, tokens.shape[1], args.max_memory).micro_batch
-        spec = dataclasses.replace(spec, max_iters=_max_iters(args.steps, sched, micro))
+        spec = dataclasses.replace(spec, max_iters=sched.max_iters(args.steps, micro))
         parts = [_run_rows(run, graphdef, params, spec, tokens[rows], valid[rows], ids[rows], args.seed, width, micro)
                  for rows in _micro_batches(batch, micro)]
         st_tokens, nfe, nonfinite, done = (np.concatenate([p[i] for p in parts]) for i in range(4))
         iters = max(p[4] for p in parts)
     else:
-        spec = dataclasses.replace(spec, max_iters=_max_iters(args.steps, sched, batch))
+        spec = dataclasses.replace(spec, max_iters=sched.max_iters(args.steps, batch))
         micro = batch
         sharding_lib.check_model(cfg, plan.mesh, plan.rules)
         params = sharding_lib.shard_params(params, plan.mesh, plan.rules)
@@ -251,12 +251,6 @@ def generate(
     _check_finished(nonfinite, done, spec.max_iters)
     return GenerateOutput(tokens=np.asarray(st_tokens[:, width:]), nfe=np.asarray(nfe), iterations=int(iters),
                           micro_batch=micro)
-
-
-def _max_iters(steps: int, sched: SemiAutoregressive, batch: int) -> int:
-    """A bound no correct run reaches: every live row commits >= 1 token per step (or follows the top-k
-    schedule); rows never idle, the per-block slack only guards the bound."""
-    return max(steps, sched.gen_length) + sched.n_blocks * (batch + 1) + 1
 
 
 def _micro_batches(batch: int, micro: int) -> list[np.ndarray]:

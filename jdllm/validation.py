@@ -18,7 +18,7 @@ import numpy as np
 from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
 from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
 from jdllm.decode.policies.dream import ALGS, DreamAlgorithm
-from jdllm.decode.schedules import SemiAutoregressive
+from jdllm.decode.schedules import BlockSchedule, SemiAutoregressive
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 CACHE_NAMES = ("none", *sorted(CACHES))
@@ -71,7 +71,7 @@ def _given(**kwargs) -> list[str]:
 class GenerateArgs:
     """The checked, normalised form of `generate`'s keywords."""
 
-    schedule: SemiAutoregressive
+    schedule: BlockSchedule
     steps: int
     temperature: float
     policy: CommitPolicy
@@ -81,7 +81,7 @@ class GenerateArgs:
     max_memory: int | None
 
 
-def check_schedule(gen_length, block_length, eos_early_stop, schedule) -> SemiAutoregressive:
+def check_schedule(gen_length, block_length, eos_early_stop, schedule) -> BlockSchedule:
     gen_length = check_int("gen_length", gen_length, minimum=1)
     if schedule is None:
         block_length = gen_length if block_length is None else check_int("block_length", block_length, minimum=1)
@@ -89,8 +89,8 @@ def check_schedule(gen_length, block_length, eos_early_stop, schedule) -> SemiAu
             raise ValueError(f"gen_length={gen_length} is not divisible by block_length={block_length}")
         early = False if eos_early_stop is None else check_bool("eos_early_stop", eos_early_stop)
         return SemiAutoregressive(gen_length, block_length, eos_early_stop=early)
-    if not isinstance(schedule, SemiAutoregressive):
-        raise TypeError(f"schedule must be a SemiAutoregressive, got {_type_name(schedule)}")
+    if not isinstance(schedule, BlockSchedule):
+        raise TypeError(f"schedule must be a BlockSchedule (jdllm.decode.schedules), got {_type_name(schedule)}")
     if schedule.gen_length != gen_length:
         raise ValueError(f"schedule.gen_length={schedule.gen_length} differs from gen_length={gen_length}")
     if block_length is not None and block_length != schedule.block_length:
@@ -119,7 +119,7 @@ def make_policy(steps, block_length, n_blocks, remasking, threshold, factor, fac
     return TopK(block_length=block_length, steps_per_block=steps // n_blocks, score=remasking)
 
 
-def check_policy(steps, sched: SemiAutoregressive, remasking, threshold, factor, factor_quirk, alg, alg_temp, eps,
+def check_policy(steps, sched: BlockSchedule, remasking, threshold, factor, factor_quirk, alg, alg_temp, eps,
                  policy) -> tuple[CommitPolicy, int]:
     """(commit policy, steps). Keywords a chosen rule would ignore raise instead."""
     if remasking not in REMASKING:
@@ -169,12 +169,11 @@ def check_policy(steps, sched: SemiAutoregressive, remasking, threshold, factor,
     return policy, steps
 
 
-def _check_steps(steps: int, sched: SemiAutoregressive) -> None:
-    if steps % sched.n_blocks:
-        raise ValueError(f"steps={steps} is not a positive multiple of the block count {sched.n_blocks}")
+def _check_steps(steps: int, sched: BlockSchedule) -> None:
+    sched.check_steps(steps)
 
 
-def _policy_steps(steps, sched: SemiAutoregressive, policy: CommitPolicy) -> int:
+def _policy_steps(steps, sched: BlockSchedule, policy: CommitPolicy) -> int:
     """Steps of a policy= call: the policy's own `steps` (Dream) when not given; shapes the policy was built for
     (`gen_length`, `block_length`) must be the call's."""
     own = getattr(policy, "steps", None)

@@ -95,7 +95,7 @@ GENERATE_CASES = [
      "conflicts with schedule.block_length=8"),
     ("schedule and eos stop", dict(schedule=SemiAutoregressive(16, 8), block_length=None, eos_early_stop=True), P,
      ValueError, "conflicts with schedule.eos_early_stop"),
-    ("schedule str", dict(schedule="semi_ar", block_length=None), P, TypeError, "schedule must be a SemiAutoregressive"),
+    ("schedule str", dict(schedule="semi_ar", block_length=None), P, TypeError, "schedule must be a BlockSchedule"),
     ("seed negative", dict(seed=-1), P, ValueError, "seed must be >= 0, got -1"),
     ("seed 2**32", dict(seed=2**32), P, ValueError, "seed must be < 4294967296"),
     ("seed None", dict(seed=None), P, TypeError, "seed must be an int, got None"),

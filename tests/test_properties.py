@@ -89,7 +89,7 @@ def run_debug(model, spec, prompts, row_ids, seed):
     for _ in range(spec.max_iters):
         if bool(np.all(np.asarray(state.done))):
             break
-        block_before, done_before, nfe_before = (np.asarray(x) for x in (state.block, state.done, state.nfe))
+        block_before, done_before, nfe_before = (np.asarray(x) for x in (state.schedule["block"], state.done, state.nfe))
         state = _debug_step(*args, state)
         now = np.asarray(state.tokens)
         changed = now != prev

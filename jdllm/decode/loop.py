@@ -1,10 +1,14 @@
 """The denoising loop: one step body, run either inside one `lax.while_loop` under one `jax.jit` (the fast path)
 or step by step from Python (the debug twin). Both share `decode_step`, so they cannot drift apart.
 
-Per-row progress is data: `block[B]`, `step_in_block[B]`, `refresh[B]`, `nfe[B]`, `done[B]`. A row that has
-finished freezes; the loop ends when every row is done (or at a static iteration bound that a correct policy
-never reaches). `nonfinite[B]` records a row whose window logits held a NaN / inf in a step it computed; such a
-row stops there (its tokens would be argmaxes of NaN), and `generate` reports it as a model problem.
+The loop only threads state: the schedule's pytree (which window each row works on, when it is done: see
+`jdllm.decode.schedules.base`), the cache's, the policy's, and per-row `nfe[B]`, `done[B]`. A step runs the
+cache strategy's forward for each row's window, proposes tokens, lets the policy choose commits per block of the
+window (policy rows = batch x schedule slots), lets the schedule restrict them by block stage, and advances the
+schedule. A row that has finished freezes; the loop ends when every row is done (or at the schedule's static
+iteration bound that a correct policy never reaches). `nonfinite[B]` records a row whose window logits held a
+NaN / inf in a step it computed; such a row stops there (its tokens would be argmaxes of NaN), and `generate`
+reports it as a model problem.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from jaxtyping import Array, Bool, Int
 from jdllm.decode.caches.base import CacheStrategy
 from jdllm.decode.canvas import Canvas, slice_rows, update_rows
 from jdllm.decode.policies.base import CommitPolicy, StepContext
-from jdllm.decode.proposal import propose
-from jdllm.decode.schedules.semi_ar import SemiAutoregressive
+from jdllm.decode.proposal import Proposal, propose
+from jdllm.decode.schedules.base import BlockSchedule, Window
 from jdllm.decode.sharding import CANVAS_AXES
 from jdllm.models.transformer import Transformer, positions_from_mask
 
@@ -33,7 +37,7 @@ class DecodeSpec:
 
     policy: CommitPolicy
     cache: CacheStrategy
-    schedule: SemiAutoregressive
+    schedule: BlockSchedule
     temperature: float = 0.0
     max_iters: int = 1 << 30
     sharding: Any = None  # a jdllm.decode.sharding.ShardingPlan (mesh + rules) for a sharded decode; None: one device
@@ -42,15 +46,18 @@ class DecodeSpec:
 @struct.dataclass
 class DecodeState:
     tokens: Int[Array, "B T"]
-    block: Int[Array, "B"]
-    step_in_block: Int[Array, "B"]
-    refresh: Bool[Array, "B"]       # the row starts a block: cached strategies run their full forward
+    schedule: Any                   # the schedule's state pytree (per-row block progress)
     nfe: Int[Array, "B"]
     done: Bool[Array, "B"]
     nonfinite: Bool[Array, "B"]     # some window logit of the row was NaN / inf (the row stopped there)
     cache: Any
-    policy_state: Any
+    policy_state: Any               # rows = batch x schedule slots
     iters: Int[Array, ""]
+
+
+def policy_rows(spec: DecodeSpec, batch: int) -> tuple[int, int]:
+    """(rows, width) the policy runs on: one row per block of each row's window."""
+    return batch * spec.schedule.slots, spec.schedule.block_length
 
 
 def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeState:
@@ -58,14 +65,12 @@ def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeSt
     zeros = jnp.zeros((b,), jnp.int32)
     return _constrain(spec, DecodeState(
         tokens=canvas.tokens,
-        block=zeros,
-        step_in_block=zeros,
-        refresh=jnp.ones((b,), bool),
+        schedule=spec.schedule.init(b),
         nfe=zeros,
         done=jnp.zeros((b,), bool),
         nonfinite=jnp.zeros((b,), bool),
         cache=spec.cache.init(model.config, b, length),
-        policy_state=spec.policy.init_state(b, spec.schedule.width, model.config),
+        policy_state=spec.policy.init_state(*policy_rows(spec, b), model.config),
         iters=jnp.zeros((), jnp.int32),
     ))
 
@@ -90,10 +95,11 @@ def decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: 
 def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys: jax.Array, st: DecodeState) -> DecodeState:
     sched, width, mask_id = spec.schedule, spec.schedule.width, model.config.mask_id
     canvas = canvas.replace_tokens(st.tokens)
-    start = canvas.prompt_len + sched.window_offset(st.block)
+    view = sched.window(st.schedule)
+    start = canvas.prompt_len + view.start
     live = ~st.done
     logits, cache, active = spec.cache.window_logits(
-        model, canvas, start, width, st.cache, st.refresh, live, st.step_in_block
+        model, canvas, start, width, st.cache, view.moved, live, view.steps_since_move
     )
     nonfinite = active & ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
     keys = jax.vmap(jax.random.fold_in)(row_keys, st.nfe)
@@ -102,30 +108,55 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
         proposal = propose(logits, spec.temperature, noise_keys, mask_id)
     else:
         proposal = spec.sharding.propose(logits, spec.temperature, noise_keys, mask_id)
-    window = slice_rows(st.tokens, start, width)
-    candidates = (window == mask_id) & active[:, None]
-    ctx = StepContext(step_in_block=st.step_in_block, block_start=st.step_in_block == 0, keys=keys,
-                      temperature=spec.temperature)
-    commit, policy_state = spec.policy.select(proposal, candidates, ctx, st.policy_state)
-    window = jnp.where(commit & candidates, proposal.tokens, window)
-    finished = active & ~jnp.any(window == mask_id, axis=-1)
-    block, all_blocks_done, eos_fill = sched.advance(st.block, finished, window, model.config.eos_ids)
-    tokens = update_rows(st.tokens, window, start)
-    if model.config.eos_id is not None:
-        after = jnp.arange(tokens.shape[1])[None, :] >= (start + width)[:, None]
-        tokens = jnp.where(eos_fill[:, None] & after, model.config.eos_id, tokens)
+    before = slice_rows(st.tokens, start, width)
+    candidates = (before == mask_id) & active[:, None] & sched.per_position(view.stage != 0)
+    commit, policy_state = _select(spec, proposal, candidates, view, keys, st.policy_state)
+    commit = sched.restrict(commit, proposal.confidence, view.stage) & candidates
+    after = jnp.where(commit, proposal.tokens, before)
+    sched_state, row_done, eos_stop = sched.advance(st.schedule, view, before, after, active, mask_id,
+                                                    model.config.eos_ids)
+    tokens = update_rows(st.tokens, after, start)
+    if model.config.eos_id is not None:  # an EOS stop fills the rest of the row's generation region with EOS
+        rest = (tokens == mask_id) & (jnp.arange(tokens.shape[1]) >= canvas.prompt_len)[None, :]
+        tokens = jnp.where(eos_stop[:, None] & rest, model.config.eos_id, tokens)
+    if sched.slots > 1:
+        moved_by = sched.window(sched_state).block_id[:, 0] - view.block_id[:, 0]
+        policy_state = roll_slots(policy_state, moved_by, sched.slots)
     return _constrain(spec, DecodeState(
         tokens=tokens,
-        block=block,
-        step_in_block=jnp.where(finished, 0, st.step_in_block + active.astype(jnp.int32)),
-        refresh=jnp.where(active, finished, st.refresh),
+        schedule=sched_state,
         nfe=st.nfe + active.astype(jnp.int32),
-        done=st.done | all_blocks_done | nonfinite,
+        done=st.done | row_done | nonfinite,
         nonfinite=st.nonfinite | nonfinite,
         cache=cache,
         policy_state=policy_state,
         iters=st.iters + 1,
     ))
+
+
+def _select(spec: DecodeSpec, proposal: Proposal, candidates: Bool[Array, "B W"], view: Window, keys, state):
+    """The policy's commits, run with one policy row per block of the window (slot)."""
+    b, slots = candidates.shape[0], spec.schedule.slots
+    if slots > 1:  # each slot's key: the row's step key folded with the slot's block id
+        keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)))(keys, view.block_id)
+    per_slot = lambda x: x.reshape((b * slots, x.shape[1] // slots) + x.shape[2:])  # noqa: E731
+    steps = view.step_in_block.reshape(-1)
+    ctx = StepContext(step_in_block=steps, block_start=steps == 0, keys=keys.reshape(-1),
+                      temperature=spec.temperature, block_id=view.block_id.reshape(-1),
+                      stage=view.stage.reshape(-1))
+    commit, state = spec.policy.select(jax.tree.map(per_slot, proposal), per_slot(candidates), ctx, state)
+    return commit.reshape(candidates.shape), state
+
+
+def roll_slots(state, moved_by: Int[Array, "B"], slots: int):
+    """Shift per-slot policy state (leaves [B * slots, ...]) left by `moved_by[b]` slots, as the row's window
+    moved by that many blocks; slots that come in keep stale values, which their block start resets."""
+    def roll(leaf):
+        x = leaf.reshape((-1, slots) + leaf.shape[1:])
+        src = jnp.minimum(jnp.arange(slots)[None, :] + moved_by[:, None], slots - 1)
+        idx = src.reshape(src.shape + (1,) * (x.ndim - 2))
+        return jnp.take_along_axis(x, idx, axis=1).reshape(leaf.shape)
+    return jax.tree.map(roll, state)
 
 
 def _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len):

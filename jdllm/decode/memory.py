@@ -59,7 +59,7 @@ def estimate_bytes(cfg, spec, batch: int, length: int) -> int:
     layer = rows * length * (cfg.d_model + qkv + cfg.mlp_hidden_size) * 4
     logits = 4 * rows * width * cfg.vocab_size * 4  # logits, log-probs, probs, noisy / masked copy
     cache = _tree_bytes(jax.eval_shape(lambda: spec.cache.init(cfg, batch, length)))
-    policy = _tree_bytes(jax.eval_shape(lambda: spec.policy.init_state(batch, spec.schedule.width, cfg)))
+    policy = _tree_bytes(jax.eval_shape(lambda: spec.policy.init_state(batch * spec.schedule.slots, spec.schedule.block_length, cfg)))
     canvas = batch * length * (4 + 1 + 4) * 2  # tokens, valid, positions (+ the new tokens)
     return SCORE_BUFFERS * scores + layer + logits + 2 * cache + 2 * policy + canvas
 

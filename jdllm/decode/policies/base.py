@@ -20,10 +20,15 @@ from jdllm.decode.proposal import Proposal
 
 @struct.dataclass
 class StepContext:
-    step_in_block: Int[Array, "B"]     # steps this row has already taken in its current block
+    """What a policy knows about a step besides the proposal. A policy row is one block of the window (the
+    schedule's slots; with semi-AR blocks, one row of the batch)."""
+
+    step_in_block: Int[Array, "B"]     # steps this row's block has already taken
     block_start: Bool[Array, "B"]      # this step is the first of the row's block (reset rule state here)
     keys: jax.Array                    # one PRNG key per row for this step (derived from seed, row id, row step)
     temperature: float = struct.field(pytree_node=False, default=0.0)  # the decode's (static) sampling temperature
+    block_id: Int[Array, "B"] | None = None  # generation block (0-based) of the row
+    stage: Int[Array, "B"] | None = None     # schedules.base ABSENT / SEMI / FULL (D2F activation) of that block
 
 
 @dataclasses.dataclass(frozen=True)

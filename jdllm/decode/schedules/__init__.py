@@ -1,7 +1,9 @@
-"""Block schedules (the schedule axis): which window of the generation region is active for each row."""
+"""Block schedules (the schedule axis): which window of the generation region each row works on, and when it is
+done (see `jdllm.decode.schedules.base`)."""
 
-from jdllm.decode.schedules.semi_ar import BlockSchedule, SemiAutoregressive
+from jdllm.decode.schedules.base import ABSENT, FULL, SEMI, BlockSchedule, Window
+from jdllm.decode.schedules.semi_ar import SemiAutoregressive
 
 SCHEDULES = {"semi_ar": SemiAutoregressive}
 
-__all__ = ["BlockSchedule", "SemiAutoregressive", "SCHEDULES"]
+__all__ = ["ABSENT", "FULL", "SEMI", "BlockSchedule", "SemiAutoregressive", "Window", "SCHEDULES"]

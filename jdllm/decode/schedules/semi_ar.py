@@ -2,58 +2,51 @@
 gen_length / block_length blocks decoded left to right; a row's block ends when it holds no mask, and only
 positions of the active block may be committed. One block of width gen_length is the "single global window".
 
-Progress is per row (`block[B]`), so rows of a batch move through blocks independently."""
+State is per row (`block[B]`, `step_in_block[B]`), so rows of a batch move through blocks independently. The
+window is one slot: the row's current block, always fully activated."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
 
-
-@dataclasses.dataclass(frozen=True)
-class BlockSchedule:
-    """Interface: a static window `width`, a `n_blocks` count, and per-row window starts (offsets into the
-    generation region)."""
-
-    def window_offset(self, block: Int[Array, "B"]) -> Int[Array, "B"]:
-        raise NotImplementedError  # abstract
+from jdllm.decode.schedules.base import FULL, BlockSchedule, Window, eos_in
 
 
 @dataclasses.dataclass(frozen=True)
 class SemiAutoregressive(BlockSchedule):
-    gen_length: int
-    block_length: int
-    eos_early_stop: bool = False  # a finished block holding EOS ends the row; later blocks are filled with EOS
+    """`eos_early_stop`: a finished block holding EOS ends the row; later blocks are filled with EOS."""
 
-    def __post_init__(self):
-        if self.block_length < 1 or self.gen_length < 1:
-            raise ValueError(f"gen_length and block_length must be >= 1, got {self.gen_length}, {self.block_length}")
-        if self.gen_length % self.block_length:
-            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}")
-
-    @property
-    def width(self) -> int:
-        return self.block_length
-
-    @property
-    def n_blocks(self) -> int:
-        return self.gen_length // self.block_length
+    def init(self, batch):
+        zeros = jnp.zeros((batch,), jnp.int32)
+        return dict(block=zeros, step_in_block=zeros)
 
     def window_offset(self, block):
         return jnp.minimum(block, self.n_blocks - 1) * self.block_length
 
-    def advance(self, block: Int[Array, "B"], block_finished: Bool[Array, "B"], window: Int[Array, "B W"],
-                eos_ids: tuple[int, ...]):
-        """Next block index, whether the row is done, and whether its remaining blocks are to be filled with EOS.
+    def window(self, state):
+        block, step = state["block"], state["step_in_block"]
+        return Window(start=self.window_offset(block), block_id=block[:, None],
+                      stage=jnp.full(block.shape + (1,), FULL, jnp.int32), step_in_block=step[:, None],
+                      moved=step == 0, steps_since_move=step)
+
+    def advance(self, state, view, before, after, active, mask_id, eos_ids):
+        """The row's block ends when it holds no mask; the row is done after its last block.
 
         With `eos_early_stop` (dInfer / LocalLeap style early stop, not in the LLaDA or Fast-dLLM references), a
         row whose finished block contains EOS (any of `eos_ids`, as HF generation stops on any of a list-valued
         eos_token_id) is done: an instruct model fills everything after EOS with EOS.
         """
-        stop = jnp.zeros_like(block_finished)
+        finished = active & ~jnp.any(after == mask_id, axis=-1)
+        stop = jnp.zeros_like(finished)
         if self.eos_early_stop and eos_ids:
-            stop = block_finished & jnp.any(jnp.isin(window, jnp.asarray(eos_ids, window.dtype)), axis=-1)
-        block = block + block_finished.astype(block.dtype)
-        return block, (block >= self.n_blocks) | stop, stop
+            stop = finished & eos_in(after, eos_ids)
+        block = state["block"] + finished.astype(jnp.int32)
+        step = jnp.where(finished, 0, state["step_in_block"] + active.astype(jnp.int32))
+        return dict(block=block, step_in_block=step), (block >= self.n_blocks) | stop, stop
+
+    def max_iters(self, steps, batch):
+        """Every live row commits >= 1 token per step (or follows the top-k schedule); rows never idle, the
+        per-block slack only guards the bound."""
+        return max(steps, self.gen_length) + self.n_blocks * (batch + 1) + 1
