@@ -2,8 +2,9 @@
 done (see `jdllm.decode.schedules.base`)."""
 
 from jdllm.decode.schedules.base import ABSENT, FULL, SEMI, BlockSchedule, Window
+from jdllm.decode.schedules.pipelined import Pipelined
 from jdllm.decode.schedules.semi_ar import SemiAutoregressive
 
-SCHEDULES = {"semi_ar": SemiAutoregressive}
+SCHEDULES = {"semi_ar": SemiAutoregressive, "pipelined": Pipelined}
 
-__all__ = ["ABSENT", "FULL", "SEMI", "BlockSchedule", "SemiAutoregressive", "Window", "SCHEDULES"]
+__all__ = ["ABSENT", "FULL", "SEMI", "BlockSchedule", "Pipelined", "SemiAutoregressive", "Window", "SCHEDULES"]
