@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from flax import nnx
 
 from jdllm import sharding as sharding_lib
 from jdllm.decode.buckets import DEFAULT_PROMPT_BUCKETS, bucket_width
-from jdllm.decode.caches import CacheStrategy
+from jdllm.decode.caches import CacheStrategy, ExactBlockCache
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
 from jdllm.decode.memory import plan_batch
 from jdllm.decode.policies import CommitPolicy
@@ -154,6 +155,30 @@ def make_cache(cache, cfg_scale: float, refresh_every: int | None) -> CacheStrat
     return check_cache(cache, cfg_scale, refresh_every)
 
 
+def _applies_recipe(fn):
+    """`recipe=` for `generate`: the named recipe of configs/recipes.yaml fills every keyword the caller did not
+    pass (an explicit keyword replaces the recipe's choice for its whole axis: `jdllm.recipes.merge_recipe`)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        given = signature.bind(*args, **kwargs).arguments
+        recipe = given.pop("recipe", None)
+        if recipe is None:
+            return fn(**given)
+        if not isinstance(recipe, str):
+            raise TypeError(f"recipe must be a recipe name (str), got {type(recipe).__name__}")
+        from jdllm.recipes import merge_recipe, recipe_kwargs
+
+        gen_length = given.get("gen_length", signature.parameters["gen_length"].default)
+        fixed = {k: given.pop(k) for k in ("model", "prompts")}
+        kwargs = recipe_kwargs(recipe, gen_length, model_config=fixed["model"].config)
+        return fn(**fixed, **merge_recipe(kwargs, given))
+
+    return wrapper
+
+
+@_applies_recipe
 def generate(
     model: Transformer,
     prompts,
@@ -182,6 +207,7 @@ def generate(
     mesh=None,
     rules=None,
     max_memory: int | None = None,
+    recipe: str | None = None,
 ) -> GenerateOutput:
     """Generate `gen_length` tokens after each prompt by masked-diffusion denoising, as one compiled program.
 
@@ -198,6 +224,11 @@ def generate(
     None: the longest prompt's exact width), so calls with different prompt lengths reuse a handful of compiled
     programs (same tokens: padding is batch-invariant); `prompt_length` fixes an exact width instead.
     `debug=True` runs the same step body from a Python loop.
+
+    `recipe=` names a recipe of `configs/recipes.yaml` (e.g. "fast_dllm_dual_parallel", "d2f"): it supplies
+    every keyword the call does not give; a keyword the call gives replaces the recipe's choice for that axis
+    (commit rule, cache, or schedule). `schedule=` takes any `jdllm.decode.schedules` member: semi-AR blocks
+    (the default) or the D2F pipeline (`Pipelined`, with `cache="exact"` on a block-causal model).
 
     Every argument is checked before anything runs (`jdllm.validation`): a keyword the chosen policy / cache /
     schedule would ignore (e.g. `threshold=` with `policy=`, `refresh_every=` without a cache) raises.
@@ -221,6 +252,9 @@ def generate(
         policy=policy, schedule=schedule, seed=seed, prompt_length=prompt_length, debug=debug,
         max_memory=max_memory)
     sched = args.schedule
+    if isinstance(args.cache, ExactBlockCache) and cfg.attention != "block_causal":
+        raise ValueError(f"cache='exact' needs a block-causal model (config attention='block_causal'), this one is "
+                         f"{cfg.attention}: its K/V are never exact; use cache='prefix' or 'dual', or a D2F model")
     tokens, valid, width = pack_prompts(prompts, cfg, sched.gen_length, args.prompt_length,
                                         check_prompt_buckets(prompt_buckets))
     batch = tokens.shape[0]

@@ -10,7 +10,7 @@ import yaml
 
 _ALLOWED = {
     "block_length", "steps", "remasking", "temperature", "cache", "threshold", "factor", "factor_quirk",
-    "refresh_every", "cfg_scale", "eos_early_stop", "policy",
+    "refresh_every", "cfg_scale", "eos_early_stop", "policy", "schedule",
 }
 # Placeholders a recipe's `policy:` mapping may use as values, resolved per call by `recipe_kwargs`.
 _POLICY_PLACEHOLDERS = ("gen_length", "block_length", "steps", "steps_per_block", "vocab_size", "mask_id")
@@ -34,7 +34,17 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, dict[str, A
             raise ValueError(f"recipe {name!r} has unknown fields {sorted(unknown)}")
         if "policy" in recipe:
             _check_policy(name, recipe["policy"])
+        if "schedule" in recipe:
+            _check_schedule(name, recipe["schedule"])
     return data
+
+
+def _check_schedule(name, spec) -> None:
+    from jdllm.decode.schedules import SCHEDULES
+
+    if not isinstance(spec, dict) or spec.get("name") not in SCHEDULES:
+        raise ValueError(f"recipe {name!r}: `schedule` must be a mapping with `name` in {sorted(SCHEDULES)}, "
+                         f"got {spec!r}")
 
 
 def _check_policy(name, spec) -> None:
@@ -82,4 +92,29 @@ def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = N
                       steps_per_block=steps // n_blocks,
                       vocab_size=getattr(model_config, "vocab_size", None), mask_id=getattr(model_config, "mask_id", None))
         kw["policy"] = build_policy(kw["policy"], values)
+    if "schedule" in kw:
+        from jdllm.decode.schedules import SCHEDULES
+
+        spec = dict(kw.pop("schedule"))
+        kw["schedule"] = SCHEDULES[spec.pop("name")](gen_length, kw["block_length"], **spec)
     return kw
+
+
+# Keywords of one axis: an explicit keyword of `generate` replaces the recipe's whole choice for its axis.
+AXIS_KEYWORDS = (
+    {"policy", "threshold", "factor", "factor_quirk", "remasking", "alg", "alg_temp", "eps"},
+    {"cache", "refresh_every", "cfg_scale"},
+    {"schedule", "block_length", "eos_early_stop"},
+)
+
+
+def merge_recipe(recipe: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` (keywords a caller passed explicitly) over a recipe's keywords: a given keyword of one axis drops
+    the recipe's keywords of that axis (e.g. `threshold=` replaces a recipe's `policy`), so nothing conflicts."""
+    out = dict(recipe)
+    for axis in AXIS_KEYWORDS:
+        if axis & given.keys():
+            for key in axis:
+                out.pop(key, None)
+    out.update(given)
+    return out

@@ -203,13 +203,17 @@ def check_cache(cache, cfg_scale, refresh_every) -> CacheStrategy:
             raise ValueError("classifier-free guidance (cfg_scale > 0) is supported with cache=None only")
         return cache
     if cache is not None and (not isinstance(cache, str) or cache not in CACHE_NAMES):
-        raise ValueError(f"cache must be None, 'prefix', 'dual' or a CacheStrategy, got {cache!r}")
+        raise ValueError(f"cache must be None, 'prefix', 'dual', 'exact' or a CacheStrategy, got {cache!r}")
     if cache is None or cache == "none":
         if refresh_every is not None:
             raise ValueError("refresh_every needs cache='prefix' or 'dual' (there is no cache to refresh)")
         return NoCache(cfg_scale=cfg_scale)
     if cfg_scale > 0:
         raise ValueError("classifier-free guidance (cfg_scale > 0) is supported with cache=None only")
+    if cache == "exact":
+        if refresh_every is not None:
+            raise ValueError("refresh_every needs cache='prefix' or 'dual' (the exact cache never refreshes)")
+        return CACHES[cache]()
     return CACHES[cache](refresh_every=refresh_every)
 
 

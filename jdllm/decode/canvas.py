@@ -17,9 +17,24 @@ class Canvas:
     valid: Bool[Array, "B T"]
     positions: Int[Array, "B T"]
     prompt_len: int = struct.field(pytree_node=False)
+    block_size: int | None = struct.field(pytree_node=False, default=None)  # block-causal models: the mask's blocks
 
     def replace_tokens(self, tokens) -> "Canvas":
         return self.replace(tokens=tokens)
+
+    def block_ids(self, index: Int[Array, "B Q"]) -> Int[Array, "B Q"] | None:
+        """Attention block of canvas rows `index` for a block-causal model (None: bidirectional): the prompt
+        region is block 0, generation block i (of `block_size` rows from the prompt end) is i + 1 (D2F §3.1)."""
+        if self.block_size is None:
+            return None
+        return jnp.where(index < self.prompt_len, 0, (index - self.prompt_len) // self.block_size + 1)
+
+    def mask_blocks(self, q_index: Int[Array, "B Q"]) -> dict:
+        """Keyword arguments `Transformer.layers` takes for queries at canvas rows `q_index` against every row."""
+        if self.block_size is None:
+            return {}
+        all_rows = jnp.broadcast_to(jnp.arange(self.tokens.shape[1])[None, :], self.tokens.shape)
+        return dict(q_block=self.block_ids(q_index), k_block=self.block_ids(all_rows))
 
 
 def slice_rows(arr: jax.Array, start: Int[Array, "B"], width: int) -> jax.Array:

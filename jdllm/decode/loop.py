@@ -159,9 +159,11 @@ def roll_slots(state, moved_by: Int[Array, "B"], slots: int):
     return jax.tree.map(roll, state)
 
 
-def _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len):
+def _setup(graphdef, params, spec: DecodeSpec, tokens, valid, row_ids, seed, prompt_len):
     model = nnx.merge(graphdef, params)
-    canvas = Canvas(tokens, valid, positions_from_mask(valid), prompt_len)
+    # a block-causal model attends by the schedule's blocks (D2F decodes with its own block size, not training's)
+    blocks = spec.schedule.block_length if model.config.attention == "block_causal" else None
+    canvas = Canvas(tokens, valid, positions_from_mask(valid), prompt_len, block_size=blocks)
     base = jax.random.key(seed)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(row_ids)
     return model, canvas, row_keys
@@ -174,7 +176,7 @@ def _keep_going(spec: DecodeSpec, st: DecodeState):
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "prompt_len"))
 def decode(graphdef, params, spec: DecodeSpec, tokens, valid, row_ids, seed, prompt_len: int):
     """The whole generation (all blocks, all steps) as one compiled program. Returns the final state."""
-    model, canvas, row_keys = _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len)
+    model, canvas, row_keys = _setup(graphdef, params, spec, tokens, valid, row_ids, seed, prompt_len)
     st = init_state(spec, model, canvas)
     return jax.lax.while_loop(
         lambda s: _keep_going(spec, s), lambda s: decode_step(spec, model, canvas, row_keys, s), st
@@ -183,13 +185,13 @@ def decode(graphdef, params, spec: DecodeSpec, tokens, valid, row_ids, seed, pro
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "prompt_len"))
 def _debug_init(graphdef, params, spec, tokens, valid, row_ids, seed, prompt_len):
-    model, canvas, _ = _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len)
+    model, canvas, _ = _setup(graphdef, params, spec, tokens, valid, row_ids, seed, prompt_len)
     return init_state(spec, model, canvas)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "prompt_len"))
 def _debug_step(graphdef, params, spec, tokens, valid, row_ids, seed, prompt_len, st):
-    model, canvas, row_keys = _setup(graphdef, params, tokens, valid, row_ids, seed, prompt_len)
+    model, canvas, row_keys = _setup(graphdef, params, spec, tokens, valid, row_ids, seed, prompt_len)
     return decode_step(spec, model, canvas, row_keys, st)
 
 

@@ -71,7 +71,8 @@ def window_head(model: Transformer, hidden: Float[Array, "B Q D"], first_row: In
 def full_forward(model: Transformer, canvas: Canvas, tokens=None):
     """All positions of the canvas: final hidden states and per-layer K/V."""
     tokens = canvas.tokens if tokens is None else tokens
-    return model.layers(tokens, canvas.positions, canvas.valid)
+    rows = jnp.broadcast_to(jnp.arange(tokens.shape[1])[None, :], tokens.shape)
+    return model.layers(tokens, canvas.positions, canvas.valid, **canvas.mask_blocks(rows))
 
 
 def full_window_logits(model, canvas: Canvas, window_start, width, tokens=None):

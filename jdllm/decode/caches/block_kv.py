@@ -120,7 +120,9 @@ class PrefixCache(_BlockKVCache):
             v_all = jnp.concatenate([cache.v[i][:, :first], v], axis=1)
             return jnp.where(fresh, k_all, cache.k[i]), jnp.where(fresh, v_all, cache.v[i])
 
-        hidden, _ = model.layers(canvas.tokens[:, first:], canvas.positions[:, first:], canvas.valid, merge)
+        rows = jnp.broadcast_to(jnp.arange(first, length)[None, :], (canvas.tokens.shape[0], length - first))
+        hidden, _ = model.layers(canvas.tokens[:, first:], canvas.positions[:, first:], canvas.valid, merge,
+                                 **canvas.mask_blocks(rows))
         return window_head(model, hidden, window_start - shift - first, width)
 
 
@@ -136,5 +138,6 @@ class DualCache(_BlockKVCache):
             # Only the block rows get fresh K/V; the extra leading query row of shifted models keeps its cache.
             return update_rows(cache.k[i], k[:, shift:], window_start), update_rows(cache.v[i], v[:, shift:], window_start)
 
-        hidden, _ = model.layers(tokens, positions, canvas.valid, merge)
+        rows = q_start[:, None] + jnp.arange(width + shift)[None, :]
+        hidden, _ = model.layers(tokens, positions, canvas.valid, merge, **canvas.mask_blocks(rows))
         return model.head(hidden[:, :width])
