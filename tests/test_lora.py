@@ -295,17 +295,26 @@ BAD = {
     "out mismatch": (_edit_tensors(lambda t: t.__setitem__(f"{Q0}.lora_B.weight", np.ones((31, 4), np.float32))),
                      ValueError, r"lora_B \(31, 4\) do not fit the base weight"),
 }
+
+
+def _move_q0_to_layer_5(directory):
+    _edit_tensors(lambda t: t.update({k.replace("blocks.0.", "blocks.5."): t.pop(k)
+                                      for k in list(t) if k.startswith(Q0)}))(directory)
+
+
+def _adapt_a_norm(directory):
+    _edit_config(target_modules=LLADA_TARGETS + ["attn_norm"])(directory)
+    norm = "base_model.model.model.transformer.blocks.0.attn_norm"
+    _edit_tensors(lambda t: t.update({f"{norm}.lora_A.weight": np.ones((4, 32), np.float32),
+                                      f"{norm}.lora_B.weight": np.ones((32, 4), np.float32)}))(directory)
+
+
 BAD["layer the base lacks"] = (
-    _edit_tensors(lambda t: [t.__setitem__(k.replace("blocks.0.", "blocks.5."), t.pop(k)) for k in list(t)
-                             if k.startswith(Q0)]),
-    ValueError, r"adapter_model.safetensors: LoRA for model.transformer.blocks.5.q_proj maps to no linear weight of "
-                r"the llada base model .* \(no tensor 'model.transformer.blocks.5.q_proj.weight'; the base has 2 layers\)")
-BAD["norm weight"] = (
-    lambda d: [_edit_config(target_modules=LLADA_TARGETS + ["attn_norm"])(d), _edit_tensors(lambda t: t.update({"base_model.model.model.transformer.blocks.0.attn_norm.lora_A.weight":
-                                      np.ones((4, 32), np.float32),
-                                      "base_model.model.model.transformer.blocks.0.attn_norm.lora_B.weight":
-                                      np.ones((32, 4), np.float32)}))(d)],
-    ValueError, r"LoRA for model.transformer.blocks.0.attn_norm maps to no linear weight")
+    _move_q0_to_layer_5, ValueError,
+    r"adapter_model.safetensors: LoRA for model.transformer.blocks.5.q_proj maps to no linear weight of the llada "
+    r"base model .* \(no tensor 'model.transformer.blocks.5.q_proj.weight'; the base has 2 layers\)")
+BAD["norm weight"] = (_adapt_a_norm, ValueError,
+                      r"LoRA for model.transformer.blocks.0.attn_norm maps to no linear weight")
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
