@@ -28,13 +28,14 @@ from jdllm.decode.schedules import BlockSchedule, SemiAutoregressive
 from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import checkpoint_format, leftovers
 from jdllm.weights.hf import load_hf, read_hf_config, save_hf
+from jdllm.weights.lora import read_lora
 from jdllm.weights.orbax_io import load_orbax, save_orbax
 from jdllm.validation import (check_cache, check_generate_args, check_prompt_buckets, check_prompts,
                               check_row_ids, make_policy)  # noqa: F401
 
 
 def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None,
-         check_finite: bool = False) -> Transformer:
+         check_finite: bool = False, lora: str | os.PathLike | None = None) -> Transformer:
     """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
 
     With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
@@ -42,6 +43,11 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
     placed on its shards as it is read (each device reads only its slice of the memory-mapped safetensors, or
     orbax restores straight into the shardings), by `rules` (a `jdllm.sharding.ShardingRules` or preset name;
     default tensor-parallel). `check_finite=True` raises on the first parameter holding NaN/inf (the CLI turns it on).
+
+    `lora` names a PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`, e.g. the D2F
+    adapters), merged into the base weights as they load: W + (lora_alpha / r) * B @ A (`jdllm.weights.lora`).
+    The adapter is read and checked first; unsupported options (DoRA, biases, modules_to_save, ...), keys that
+    match no linear weight of the base, and mis-shaped A / B raise a ValueError naming the adapter file and key.
 
     A damaged or inconsistent checkpoint (truncated / corrupt safetensors, bad index or config.json, damaged
     orbax params, a directory holding both formats) raises a ValueError naming the file and what is wrong;
@@ -53,19 +59,21 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
         hint = f" (an interrupted save left {', '.join(left)})" if left else ""
         raise FileNotFoundError(f"no model directory at {path}{hint}")
     orbax = checkpoint_format(path) == "orbax"
+    adapter = read_lora(lora) if lora is not None else None
     if mesh is None:
         if rules is not None:
             raise ValueError("rules= needs a mesh=")
         if orbax:
-            return load_orbax(path, dtype, check_finite=check_finite)
-        return load_hf(path, dtype, check_finite=check_finite)
+            return load_orbax(path, dtype, check_finite=check_finite, lora=adapter)
+        return load_hf(path, dtype, check_finite=check_finite, lora=adapter)
     rules = sharding_lib.get_rules(rules)
     mesh = sharding_lib.usable_mesh(mesh, rules)
     if orbax:
-        model = load_orbax(path, dtype, mesh=mesh, rules=rules, check_finite=check_finite)
+        model = load_orbax(path, dtype, mesh=mesh, rules=rules, check_finite=check_finite, lora=adapter)
     else:
         sharding_lib.check_model(read_hf_config(path, dtype), mesh, rules)
-        model = load_hf(path, dtype, place=sharding_lib.hf_placer(mesh, rules), check_finite=check_finite)
+        model = load_hf(path, dtype, place=sharding_lib.hf_placer(mesh, rules), check_finite=check_finite,
+                        lora=adapter)
     model.sharding_rules = rules
     return model
 

@@ -42,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (HF or jdllm/orbax); default: the shipped model")
+    _add_lora_flag(p)
     p.add_argument("--recipe", default=None, help="a named recipe of configs/recipes.yaml (see `jdllm recipes`)")
     p.add_argument("--gen-length", type=positive_int, default=None)
     p.add_argument("--block-length", type=positive_int, default=None)
@@ -53,6 +54,12 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "margin", "entropy"])
     p.add_argument("--seed", type=seed_int, default=0)
     _add_cache_flag(p)
+
+
+def _add_lora_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", default=None, metavar="DIR",
+                   help="a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), merged "
+                        "into the model's weights at load (e.g. a D2F adapter on its base model)")
 
 
 def _add_cache_flag(p: argparse.ArgumentParser) -> None:
@@ -88,7 +95,7 @@ def cmd_generate(args) -> int:
     from jdllm.validation import check_generate_args
 
     _enable_compile_cache(args)
-    bundle = load_bundle(args.model, check_finite=True)
+    bundle = load_bundle(args.model, check_finite=True, lora=args.lora)
     gen_length = bundle.gen_length if args.gen_length is None else args.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
     check_generate_args(gen_length=gen_length, seed=args.seed, **kw)  # before tokenizing / compiling anything
@@ -118,7 +125,7 @@ def cmd_recipes(args) -> int:
 def cmd_convert(args) -> int:
     import jdllm
 
-    model = jdllm.load(args.src, dtype=args.dtype, check_finite=True)
+    model = jdllm.load(args.src, dtype=args.dtype, check_finite=True, lora=args.lora)
     jdllm.save(model, args.dst, format=args.to)
     print(f"wrote {args.to} checkpoint to {args.dst}")
     return 0
@@ -144,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="accuracy / NFE / tokens per forward / tokens/s of named recipes")
     b.add_argument("--model", default=None)
+    _add_lora_flag(b)
     b.add_argument("--recipes", default="vanilla,fast_dllm_parallel,fast_dllm_dual_parallel",
                    help="comma-separated recipe names (configs/recipes.yaml)")
     b.add_argument("--n", type=positive_int, default=100, help="held-out problems")
@@ -157,11 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_flag(b)
     b.set_defaults(func=cmd_bench)
 
-    c = sub.add_parser("convert", help="convert a checkpoint between HF and orbax layouts")
+    c = sub.add_parser("convert", help="convert a checkpoint between HF and orbax layouts (--lora: merged in)")
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--to", choices=["orbax", "hf"], default="orbax")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    _add_lora_flag(c)
     c.set_defaults(func=cmd_convert)
 
     r = sub.add_parser("recipes", help="list the pinned decoding recipes")

@@ -53,15 +53,16 @@ class Bundle:
         return self.tokenizer.decode([t for t in row if t != self.model.config.mask_id])
 
 
-def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None, check_finite: bool = False) -> Bundle:
+def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None, check_finite: bool = False,
+                lora: str | os.PathLike | None = None) -> Bundle:
     """Load a model directory with its `tokenizer.json` (and `generation_config.json` if present);
-    `check_finite` as in `jdllm.load`."""
+    `check_finite` and `lora` (a PEFT LoRA adapter directory merged at load) as in `jdllm.load`."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.is_dir():
         raise FileNotFoundError(f"no model directory at {path}")
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"{path} has no tokenizer.json: pass token ids to jdllm.generate instead")
-    model = load(path, dtype, check_finite=check_finite)
+    model = load(path, dtype, check_finite=check_finite, lora=lora)
     cfg = model.config
     tokenizer = Tokenizer.from_file(path, mask_id=cfg.mask_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
     gen = {}

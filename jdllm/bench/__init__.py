@@ -263,7 +263,7 @@ def run_bench_cli(args) -> int:
     check_output_path("--plot", args.plot)
     if args.plot:
         import matplotlib  # noqa: F401  (fail now, not after the run)
-    bundle = load_bundle(args.model, check_finite=True)
+    bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None))
     check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
                        repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress)

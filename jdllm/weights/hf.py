@@ -16,6 +16,7 @@ from jdllm.models.config import ModelConfig, config_from_hf
 from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import atomic_checkpoint_dir, read_json_object
 from jdllm.weights.keymaps import describe_unexpected, expected_names
+from jdllm.weights.lora import LoraAdapter, merge_host, resolve_lora
 from jdllm.weights.safetensors_io import open_checkpoint, save_file, write_sharded
 
 Placer = Callable[[str, "SafetensorsTensor"], jax.Array]
@@ -80,13 +81,15 @@ def _default_place(arr: np.ndarray, dtype) -> jax.Array:
 
 
 def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Callable | None = None,
-            check_finite: bool = False) -> Transformer:
+            check_finite: bool = False, lora: LoraAdapter | None = None) -> Transformer:
     """Load an HF-layout LLaDA or Dream checkpoint through the family's declarative key map.
 
     Raises a ValueError naming the file and tensor on a missing, unexpected, mis-shaped or (with `check_finite`)
     NaN/inf-holding tensor, and naming the file on a corrupt safetensors file or config.json (see
     `safetensors_io.read_header`, `config_from_hf`). `place(path, read, shape, dtype)` may put each parameter on
     its devices (sharded loading); by default the whole tensor is read and placed on the default device.
+    `lora` (a `jdllm.weights.lora.read_lora` adapter) is merged into each adapted kernel as it is read, in
+    float32 before the cast, slice by slice under `place` (`lora.resolve_lora` checks it against this model).
     """
     cfg = read_hf_config(directory, dtype)
     want = expected_names(cfg)
@@ -100,6 +103,7 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
     _, abstract = abstract_model(cfg)
     shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf.shape
               for p, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(abstract))}
+    adapted = resolve_lora(lora, cfg, shapes, str(directory)) if lora is not None else {}
     arrays = {}
     for name, (path, transform) in want.items():
         st = files[name]
@@ -115,7 +119,8 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None, place: Calla
         def read(index=(), name=name, st=st, transform=transform):
             arr = st.get(name)
             arr = arr.T if transform == "T" else arr
-            return np.asarray(arr[index])
+            arr = np.asarray(arr[index])
+            return merge_host(arr, adapted[name][1], index) if name in adapted else arr
 
         if place is None:
             arrays[key] = _default_place(read(), cfg.jnp_dtype)

@@ -13,6 +13,7 @@ from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import (ORBAX_CONFIG, ORBAX_PARAMS, atomic_checkpoint_dir, orbax_files,
                                         read_json_object)
 from jdllm.weights.hf import abstract_model, first_non_finite
+from jdllm.weights.lora import LoraAdapter, merge_placed, resolve_lora
 
 CONFIG_FILE = ORBAX_CONFIG
 
@@ -59,11 +60,27 @@ def _restore(directory: str, abstract):
                          f"(damaged or mismatched checkpoint): {type(e).__name__}: {first[:500]}") from e
 
 
+def _merge_lora(state, lora: LoraAdapter, cfg: ModelConfig, directory: str):
+    """The restored state with every adapted kernel replaced by its merge (same sharding)."""
+    pure = nnx.to_pure_dict(state)
+    shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path): leaf.shape
+              for path, leaf in jax.tree_util.tree_leaves_with_path(pure)}
+    for path, pair in resolve_lora(lora, cfg, shapes, directory).values():
+        node = pure
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = merge_placed(node[path[-1]], pair)
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
 def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings=None, mesh=None,
-               rules=None, check_finite: bool = False) -> Transformer:
+               rules=None, check_finite: bool = False, lora: LoraAdapter | None = None) -> Transformer:
     """Restore a model saved by `save_orbax`. `shardings` (a pytree of Shardings like the params), or `mesh`
     with `rules` (`jdllm.sharding`; default tensor-parallel), places each array on its shards as it is
     restored (no array is materialised whole on one device). `dtype` casts every parameter on restore.
+    `lora` (a `jdllm.weights.lora.read_lora` adapter) is merged into the restored kernels shard by shard
+    (`lora.merge_placed`, float32 on the host) before `check_finite`.
     Errors (config, damaged params, with `check_finite` a NaN/inf parameter) are ValueErrors naming the path."""
     directory = os.path.abspath(str(directory))
     cfg = read_orbax_config(directory)
@@ -81,6 +98,8 @@ def load_orbax(directory: str | os.PathLike, dtype: str | None = None, shardings
     if shardings is not None:
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     state = _restore(directory, abstract)
+    if lora is not None:
+        state = _merge_lora(state, lora, cfg, directory)
     if check_finite:
         for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state)):
             problem = first_non_finite(leaf)
