@@ -1,0 +1,71 @@
+"""D2F pipelined decoding (`schedules.Pipelined`) against the batch-1 reference of D2F's Algorithm 2
+(tests/reference/d2f.py), ragged batches, LLaDA and Dream; and the pipeline's limits (one block in flight with
+thresholds that force completion = semi-AR decoding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jdllm
+from jdllm.decode.schedules import Pipelined, SemiAutoregressive
+from tests.helpers import FAMILIES, make_prompt
+from tests.reference.d2f import d2f_generate
+
+PROMPTS = [make_prompt(32, 4), make_prompt(44, 7), make_prompt(38, 11)]
+GEN, BLOCK = 24, 4
+EOS = 62
+
+
+def _reference(ref, prompt, sched: Pipelined, capped: bool):
+    return d2f_generate(lambda x: ref(x[None])[0], prompt, sched.gen_length, sched.block_length,
+                        mask_id=ref.mask_id, tau_add=sched.block_add_threshold,
+                        tau_act=sched.decoded_token_threshold, tau_conf=sched.skip_threshold,
+                        eos_ids=(EOS,) if sched.eos_early_stop else (), eos_id=EOS, shift=ref.shift == 1,
+                        max_in_flight=sched.max_blocks_in_flight if capped else None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("case", ["uncapped", "capped_eos"])
+def test_pipeline_matches_the_d2f_reference(family, case, jd_models, ref_models):
+    capped = case == "capped_eos"
+    sched = Pipelined(GEN, BLOCK, eos_early_stop=capped, max_blocks_in_flight=2 if capped else GEN // BLOCK,
+                      block_add_threshold=0.1, decoded_token_threshold=0.75, skip_threshold=0.9)
+    out = jdllm.generate(jd_models[family], PROMPTS, gen_length=GEN, threshold=0.9, schedule=sched)
+    for row, prompt in enumerate(PROMPTS):
+        want, nfe = _reference(ref_models[family], prompt, sched, capped)
+        np.testing.assert_array_equal(out.tokens[row], want, err_msg=f"row {row}")
+        assert out.nfe[row] == nfe, f"row {row}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_block_in_flight_that_must_complete_is_semi_ar(family, jd_models):
+    """tau_add = tau_act = 1: a block is added only when the last one is complete and is always fully
+    activated, so the pipeline is semi-AR decoding (same tokens, same NFE)."""
+    model = jd_models[family]
+    sched = Pipelined(GEN, BLOCK, eos_early_stop=False, max_blocks_in_flight=1, block_add_threshold=1.0,
+                      decoded_token_threshold=1.0)
+    want = jdllm.generate(model, PROMPTS, gen_length=GEN, block_length=BLOCK, threshold=0.5)
+    got = jdllm.generate(model, PROMPTS, gen_length=GEN, threshold=0.5, schedule=sched)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.nfe, want.nfe)
+
+
+def test_pipeline_parallelism_saves_steps(jd_models):
+    """With several blocks in flight the same model needs fewer forwards than semi-AR blocks."""
+    model = jd_models["llada"]
+    semi = jdllm.generate(model, PROMPTS, gen_length=GEN, block_length=BLOCK, threshold=0.9)
+    pipe = jdllm.generate(model, PROMPTS, gen_length=GEN, threshold=0.9,
+                          schedule=Pipelined(GEN, BLOCK, eos_early_stop=False, max_blocks_in_flight=3,
+                                             block_add_threshold=0.1, decoded_token_threshold=0.75))
+    assert pipe.nfe.sum() < semi.nfe.sum(), (pipe.nfe, semi.nfe)
+
+
+def test_pipelined_arguments_are_checked():
+    for kw, msg in [(dict(max_blocks_in_flight=0), "max_blocks_in_flight must be >= 1"),
+                    (dict(block_add_threshold=1.5), "block_add_threshold must lie in"),
+                    (dict(skip_threshold=-0.1), "skip_threshold must lie in")]:
+        with pytest.raises(ValueError, match=msg):
+            Pipelined(16, 4, **kw)
+    assert Pipelined(16, 4, max_blocks_in_flight=9).slots == 4
+    assert SemiAutoregressive(16, 4).slots == 1
