@@ -185,9 +185,11 @@ class _Keys:
             raise self.fail("attention", f"must be one of {list(ATTENTIONS)}, got {kind!r}")
         block = self.int("attention_block_size", None)
         if kind == "block_causal" and (block is None or block < 1):
-            raise self.fail("attention_block_size", f"must be an integer >= 1 for block_causal attention, got {block!r}")
+            raise self.fail("attention_block_size",
+                            f"must be an integer >= 1 for block_causal attention, got {block!r}")
         if kind == "bidirectional" and block is not None:
-            raise self.fail("attention_block_size", f"must be absent or null for bidirectional attention, got {block!r}")
+            raise self.fail("attention_block_size",
+                            f"must be absent or null for bidirectional attention, got {block!r}")
         return {"attention": kind, "attention_block_size": block}
 
     def eos_ids(self, default: int) -> tuple[int | None, tuple[int, ...]]:

@@ -1,9 +1,10 @@
 """The masked-diffusion transformer of LLaDA and Dream, in Flax NNX.
 
 Pre-RMSNorm blocks, rotary positions (NeoX half-split, float32), multi-head / grouped-query attention
-(bidirectional, or D2F's block-causal attention given per-row block ids: `jdllm.models.masks`), SwiGLU MLP, untied LM head (LLaDA `ff_out`, Dream `lm_head`). Parameter names follow LLaDA's HF
-names (`wte`, `blocks.N.{attn_norm,q_proj,...}`, `ln_f`, `ff_out`); Dream's Qwen2 names are mapped onto them
-by `jdllm.weights.keymaps`.
+(bidirectional, or D2F's block-causal attention given per-row block ids: `jdllm.models.masks`), SwiGLU MLP,
+untied LM head (LLaDA `ff_out`, Dream `lm_head`). Parameter names follow LLaDA's HF names (`wte`,
+`blocks.N.{attn_norm,q_proj,...}`, `ln_f`, `ff_out`); Dream's Qwen2 names are mapped onto them by
+`jdllm.weights.keymaps`.
 
 The forward is split so that decode-time cache strategies can compute only some query positions:
 `layers(...)` takes the query tokens with their positions and a `kv_merge` hook that turns the K/V of those
