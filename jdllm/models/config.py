@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 Family = Literal["llada", "dream"]
 LogitAlignment = Literal["same", "shifted"]
-Attention = Literal["bidirectional"]
+Attention = Literal["bidirectional", "block_causal"]
+ATTENTIONS = ("bidirectional", "block_causal")
 
 LLADA_MASK_ID = 126336
 DREAM_MASK_ID = 151666
@@ -36,6 +37,11 @@ class ModelConfig:
     generation stops on any of them, `eos_early_stop` ends a row on a block holding any of `eos_ids`.
     `head_dim` defaults to d_model // n_heads. `logit_alignment` "shifted" means the logits used for position i
     are the model's outputs at i-1 (Dream; the first position copies output 0, as the reference does).
+    `attention` "block_causal" is D2F's student attention (arXiv 2508.09192 §3.1, `create_full_block_attention_mask`
+    in zhijie-group/Discrete-Diffusion-Forcing): the prompt is block 0, the generation region is cut into blocks of
+    `attention_block_size` counted from the prompt end, and a query sees the keys of its own and earlier blocks
+    (`jdllm.models.masks`). `attention_block_size` is the training block size: an integer >= 1 for
+    "block_causal", None for "bidirectional".
     """
 
     family: Family
@@ -57,6 +63,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     logit_alignment: LogitAlignment = "same"
     attention: Attention = "bidirectional"
+    attention_block_size: int | None = None
     dtype: str = "float32"
     head_dim_override: int | None = None
 
@@ -81,8 +88,13 @@ class ModelConfig:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.logit_alignment not in ("same", "shifted"):
             raise ValueError(f"logit_alignment must be 'same' or 'shifted', got {self.logit_alignment!r}")
-        if self.attention != "bidirectional":
-            raise ValueError(f"attention pattern {self.attention!r} is not supported (bidirectional only)")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        block = self.attention_block_size
+        if self.attention == "block_causal" and not (_is_int(block) and block >= 1):
+            raise ValueError(f"attention_block_size must be an integer >= 1 for block_causal attention, got {block!r}")
+        if self.attention == "bidirectional" and block is not None:
+            raise ValueError(f"attention_block_size must be None for bidirectional attention, got {block!r}")
 
     @property
     def head_dim(self) -> int:
@@ -165,6 +177,21 @@ class _Keys:
             raise self.fail(key, f"must be true or false, got {value!r}")
         return value
 
+    def attention(self) -> dict[str, Any]:
+        """`attention` ("bidirectional" when absent, or "block_causal") and `attention_block_size` (an integer >= 1,
+        required for block_causal, absent or null otherwise) as ModelConfig fields."""
+        kind = self.hf.get("attention", "bidirectional")
+        if kind not in ATTENTIONS:
+            raise self.fail("attention", f"must be one of {list(ATTENTIONS)}, got {kind!r}")
+        block = self.int("attention_block_size", None)
+        if kind == "block_causal" and (block is None or block < 1):
+            raise self.fail("attention_block_size",
+                            f"must be an integer >= 1 for block_causal attention, got {block!r}")
+        if kind == "bidirectional" and block is not None:
+            raise self.fail("attention_block_size",
+                            f"must be absent or null for bidirectional attention, got {block!r}")
+        return {"attention": kind, "attention_block_size": block}
+
     def eos_ids(self, default: int) -> tuple[int | None, tuple[int, ...]]:
         """`eos_token_id` as (first id, further ids): HF allows an int or a list of ints (generation ends on any)."""
         value = self.hf.get("eos_token_id", default)
@@ -212,6 +239,7 @@ def config_from_llada(hf: dict[str, Any], dtype: str | None = None, source: str 
         qkv_bias=k.bool("include_qkv_bias", False),
         tie_embeddings=k.bool("weight_tying", False),
         logit_alignment="same",
+        **k.attention(),
         dtype=dtype or _dtype_from_hf(hf, "float32"),
     ))
 
@@ -242,6 +270,7 @@ def config_from_dream(hf: dict[str, Any], dtype: str | None = None, source: str 
         qkv_bias=True,
         tie_embeddings=k.bool("tie_word_embeddings", False),
         logit_alignment="shifted",
+        **k.attention(),
         dtype=dtype or _dtype_from_hf(hf, "float32"),
     ))
 

@@ -1,9 +1,10 @@
 """The masked-diffusion transformer of LLaDA and Dream, in Flax NNX.
 
-Pre-RMSNorm blocks, rotary positions (NeoX half-split, float32), multi-head / grouped-query bidirectional
-attention, SwiGLU MLP, untied LM head (LLaDA `ff_out`, Dream `lm_head`). Parameter names follow LLaDA's HF
-names (`wte`, `blocks.N.{attn_norm,q_proj,...}`, `ln_f`, `ff_out`); Dream's Qwen2 names are mapped onto them
-by `jdllm.weights.keymaps`.
+Pre-RMSNorm blocks, rotary positions (NeoX half-split, float32), multi-head / grouped-query attention
+(bidirectional, or D2F's block-causal attention given per-row block ids: `jdllm.models.masks`), SwiGLU MLP,
+untied LM head (LLaDA `ff_out`, Dream `lm_head`). Parameter names follow LLaDA's HF names (`wte`,
+`blocks.N.{attn_norm,q_proj,...}`, `ln_f`, `ff_out`); Dream's Qwen2 names are mapped onto them by
+`jdllm.weights.keymaps`.
 
 The forward is split so that decode-time cache strategies can compute only some query positions:
 `layers(...)` takes the query tokens with their positions and a `kv_merge` hook that turns the K/V of those
@@ -13,6 +14,7 @@ cached K/V" for Fast-dLLM's prefix / dual caches). Keys are cached after RoPE, a
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import jax
@@ -21,6 +23,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.models.config import ModelConfig
+from jdllm.models.masks import block_causal_allowed, block_ids
 from jdllm.models.partitioning import RESIDUAL_AXES, constrain_activation
 
 KV = tuple[Float[Array, "B T Hkv Dh"], Float[Array, "B T Hkv Dh"]]
@@ -73,14 +76,19 @@ def attention(
     k: Float[Array, "B T Hkv Dh"],
     v: Float[Array, "B T Hkv Dh"],
     key_valid: Bool[Array, "B T"],
+    allowed: Bool[Array, "B Q T"] | None = None,
 ) -> Float[Array, "B Q H Dh"]:
-    """Bidirectional scaled dot-product attention with grouped K/V heads; invalid (padding) keys get no weight.
+    """Scaled dot-product attention with grouped K/V heads; invalid (padding) keys get no weight, nor (when
+    `allowed` is given, e.g. `block_causal_allowed`) keys a query may not see.
 
     Through `jax.nn.dot_product_attention` with `implementation=None`: JAX picks the fused cuDNN kernel on GPU
     where it applies (bf16 / f16) and XLA elsewhere. The XLA path is the reference computation: scores in
     float32 (`preferred_element_type`), softmax in float32, probabilities cast to the value dtype.
     """
-    return jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :])
+    mask = key_valid[:, None, None, :]
+    if allowed is not None:
+        mask = mask & allowed[:, None, :, :]  # [B, 1, Q, T]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
 class Block(nnx.Module):
@@ -99,7 +107,8 @@ class Block(nnx.Module):
         self.up_proj = Linear(d, cfg.mlp_hidden_size, bias=False, dtype=dt, rngs=rngs)
         self.ff_out = Linear(cfg.mlp_hidden_size, d, bias=False, dtype=dt, rngs=rngs)  # down projection
 
-    def __call__(self, x, positions, key_valid, kv_merge: Callable[[jax.Array, jax.Array], KV]):
+    def __call__(self, x, positions, key_valid, kv_merge: Callable[[jax.Array, jax.Array], KV],
+                 allowed: Bool[Array, "B Q T"] | None = None):
         cfg = self.cfg
         b, nq, _ = x.shape
         h = self.attn_norm(x)
@@ -109,7 +118,7 @@ class Block(nnx.Module):
         q = rope(q, positions, cfg.rope_theta)
         k = rope(k, positions, cfg.rope_theta)
         k_all, v_all = kv_merge(k, v)
-        a = attention(q, k_all, v_all, key_valid).reshape(b, nq, cfg.n_heads * cfg.head_dim)
+        a = attention(q, k_all, v_all, key_valid, allowed).reshape(b, nq, cfg.n_heads * cfg.head_dim)
         x = x + self.attn_out(a)
         h = self.ff_norm(x)
         x = x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -138,16 +147,37 @@ class Transformer(nnx.Module):
         positions: Int[Array, "B Q"],
         key_valid: Bool[Array, "B T"],
         kv_merge: KVMerge = _identity_merge,
+        q_block: Int[Array, "B Q"] | None = None,
+        k_block: Int[Array, "B T"] | None = None,
     ) -> tuple[Float[Array, "B Q D"], list[KV]]:
         """Embeddings and all blocks for the query tokens; returns final hidden states (before `ln_f`) and,
-        per layer, the full-length K/V the queries attended to."""
+        per layer, the full-length K/V the queries attended to.
+
+        Key t is visible to query q iff `key_valid[b, t]` and, when the block ids `q_block` / `k_block` are
+        given (`masks.block_ids` of the rows), `k_block[b, t] <= q_block[b, q]` (D2F block-causal attention).
+        Without them attention is bidirectional; a block_causal config requires them."""
+        allowed = self._allowed(tokens, key_valid, q_block, k_block)
         x = constrain_activation(jnp.take(self.wte[...], tokens, axis=0), RESIDUAL_AXES)  # no-op on one device
         kvs = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, positions, key_valid, lambda k, v, i=i: kv_merge(i, k, v))
+            x, kv = block(x, positions, key_valid, lambda k, v, i=i: kv_merge(i, k, v), allowed)
             x = constrain_activation(x, RESIDUAL_AXES)
             kvs.append(kv)
         return x, kvs
+
+    def _allowed(self, tokens, key_valid, q_block, k_block) -> Bool[Array, "B Q T"] | None:
+        if (q_block is None) != (k_block is None):
+            raise ValueError("q_block and k_block must be given together (block-causal attention) or both be None")
+        if q_block is None:
+            if self.config.attention == "block_causal":
+                raise ValueError("this model's config has attention='block_causal': pass q_block / k_block "
+                                 "(jdllm.models.masks.block_ids of the query / key rows) to Transformer.layers")
+            return None
+        if q_block.shape != tokens.shape or k_block.shape != key_valid.shape:
+            raise ValueError(f"q_block must have the shape of tokens {tuple(tokens.shape)} and k_block that of "
+                             f"key_valid {tuple(key_valid.shape)}, got {tuple(q_block.shape)} and "
+                             f"{tuple(k_block.shape)}")
+        return block_causal_allowed(q_block, k_block)
 
     def head(self, hidden: Float[Array, "B Q D"]) -> Float[Array, "B Q V"]:
         """Final norm and LM head, logits in float32."""
@@ -160,12 +190,42 @@ class Transformer(nnx.Module):
         tokens: Int[Array, "B L"],
         attention_mask: Bool[Array, "B L"] | None = None,
         positions: Int[Array, "B L"] | None = None,
+        prompt_len: int | None = None,
+        block_size: int | None = None,
     ) -> Float[Array, "B L V"]:
+        """Full forward. `attention_mask` marks the valid (non-padding) rows, default all.
+
+        Block-causal attention (D2F) over a canvas whose first `prompt_len` columns are the (left-padded) prompt
+        region: a block_causal config always applies it and needs `prompt_len` (`block_size` defaults to its
+        `attention_block_size`); a bidirectional config applies it when both `prompt_len` and `block_size` are
+        given (the D2F student's view of a bidirectional teacher's weights), else it attends bidirectionally.
+        """
         valid = jnp.ones(tokens.shape, bool) if attention_mask is None else attention_mask.astype(bool)
         if positions is None:
             positions = positions_from_mask(valid)
-        hidden, _ = self.layers(tokens, positions, valid)
+        block_size = self._block_size(tokens.shape[1], prompt_len, block_size)
+        if block_size is None:
+            hidden, _ = self.layers(tokens, positions, valid)
+        else:
+            rows = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+            ids = block_ids(rows, prompt_len, block_size)
+            hidden, _ = self.layers(tokens, positions, valid, q_block=ids, k_block=ids)
         return self.head(hidden)
+
+    def _block_size(self, length: int, prompt_len: int | None, block_size: int | None) -> int | None:
+        """The block size of the block-causal mask `__call__` applies, None for bidirectional attention."""
+        if self.config.attention == "block_causal":
+            if prompt_len is None:
+                raise ValueError("this model's config has attention='block_causal': pass prompt_len (the width "
+                                 "of the prompt region, block 0) to the forward")
+            block_size = self.config.attention_block_size if block_size is None else block_size
+        elif (prompt_len is None) != (block_size is None):
+            raise ValueError(f"block-causal attention on a bidirectional model needs both prompt_len and "
+                             f"block_size, got prompt_len={prompt_len!r}, block_size={block_size!r}")
+        integral = isinstance(prompt_len, numbers.Integral) and not isinstance(prompt_len, bool)
+        if prompt_len is not None and not (integral and 0 <= prompt_len <= length):
+            raise ValueError(f"prompt_len must be an integer in [0, {length}] (the canvas length), got {prompt_len!r}")
+        return block_size
 
 
 def positions_from_mask(valid: Bool[Array, "B L"]) -> Int[Array, "B L"]:

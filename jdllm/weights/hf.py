@@ -137,8 +137,19 @@ def _eos_value(cfg: ModelConfig) -> int | list[int] | None:
     return list(cfg.eos_ids) if cfg.extra_eos_ids else cfg.eos_id
 
 
+def _attention_keys(cfg: ModelConfig) -> dict[str, Any]:
+    """jdllm's attention keys of `config.json`: written for a block-causal model only (absent = bidirectional)."""
+    if cfg.attention == "bidirectional":
+        return {}
+    return {"attention": cfg.attention, "attention_block_size": cfg.attention_block_size}
+
+
 def hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The family's own `config.json` for `cfg` (LLaDA or Qwen2/Dream keys)."""
+    """The family's own `config.json` for `cfg` (LLaDA or Qwen2/Dream keys, plus `_attention_keys`)."""
+    return {**_family_config(cfg), **_attention_keys(cfg)}
+
+
+def _family_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.family == "llada":
         return {
             "model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": cfg.d_model,

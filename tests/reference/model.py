@@ -19,6 +19,10 @@ The forward supports the "cached" call used by Fast-dLLM's prefix / dual caches:
 ``[q_start, q_end)`` of the canvas; in every layer the keys / values of the rows in ``fresh`` (a subset of the
 query rows) are computed from the current tokens, all the other rows are read from a per-layer K/V cache
 (post-RoPE keys, full canvas length). Raw logits are returned (never shifted: Dream's shift is a decode-time step).
+
+An optional additive ``attention_bias`` [B or 1, 1, L, L] over canvas rows x canvas columns (0 = allowed, -inf =
+not) is added to the scores on top of the key padding, as D2F passes its block-causal mask
+(``tests/reference/masks.py``).
 """
 
 from __future__ import annotations
@@ -185,9 +189,9 @@ class RefModel:
     def shift(self) -> int:
         return self.cfg.shift
 
-    def __call__(self, tokens, attention_mask=None) -> np.ndarray:
+    def __call__(self, tokens, attention_mask=None, attention_bias=None) -> np.ndarray:
         """Full forward: raw logits [B, L, V] (or [L, V] for a 1-D input)."""
-        return self.forward(tokens, attention_mask)[0]
+        return self.forward(tokens, attention_mask, attention_bias=attention_bias)[0]
 
     def forward(
         self,
@@ -198,6 +202,7 @@ class RefModel:
         q_end: int | None = None,
         fresh=None,
         cache=None,
+        attention_bias=None,
     ):
         """One forward pass.
 
@@ -207,6 +212,8 @@ class RefModel:
             must lie inside [q_start, q_end). Default: all query rows.
         cache: list (one per layer) of (K, V), each [B, H_kv, L, D] with post-RoPE keys at absolute rows; the
             non-fresh rows are read from it. None requires the query rows to cover the whole canvas.
+        attention_bias: additive [B or 1, 1, L, L] (or [L, L]) bias over canvas rows x columns; the query rows
+            read rows [q_start, q_end) of it.
         Returns (logits [B, Q, V], kv) where kv is the per-layer full-length (K, V) the queries attended to
         (for a full forward: the exact K/V of every row).
         """
@@ -241,6 +248,10 @@ class RefModel:
         x = self.embed[tokens[:, q_start:q_end]]  # [B, Q, d]
         nq = x.shape[1]
         key_bias = np.where(attention_mask, 0.0, -np.inf)[:, None, None, :]  # [B, 1, 1, L]
+        if attention_bias is not None:
+            bias = np.asarray(attention_bias, dtype=np.float64)
+            bias = bias.reshape((1, 1) + bias.shape) if bias.ndim == 2 else bias
+            key_bias = key_bias + bias[:, :, q_start:q_end, :]  # [B, 1, Q, L]
         kv_out = []
         for li, lw in enumerate(self.layers):
             hn = rms_norm(x, lw["attn_norm"], cfg.rms_norm_eps)
