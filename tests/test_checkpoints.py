@@ -341,7 +341,8 @@ def test_early_stop_ends_a_row_on_any_eos_id():
 
     sched = SemiAutoregressive(gen_length=8, block_length=4, eos_early_stop=True)
     window = np.array([[5, 36, 5, 5], [5, 38, 5, 5], [5, 6, 7, 8]], np.int32)
-    _, done, fill = sched.advance(np.zeros(3, np.int32), np.ones(3, bool), window, (38, 36))
+    state = sched.init(3)
+    _, done, fill = sched.advance(state, sched.window(state), window, window, np.ones(3, bool), 39, (38, 36))
     assert np.asarray(fill).tolist() == [True, True, False] and np.asarray(done).tolist() == [True, True, False]
 
 

@@ -69,3 +69,63 @@ def test_pipelined_arguments_are_checked():
             Pipelined(16, 4, **kw)
     assert Pipelined(16, 4, max_blocks_in_flight=9).slots == 4
     assert SemiAutoregressive(16, 4).slots == 1
+
+
+# ------------------------------------------------------------------------------------ block-causal models
+@pytest.fixture(scope="module")
+def block_causal(ckpts, tmp_path_factory):
+    """family -> (block-causal jdllm model, its numpy reference): the conftest weights under D2F attention."""
+    import json
+    import shutil
+
+    from tests.reference import RefModel
+
+    out = {}
+    for family, (path, w, hf) in ckpts.items():
+        hf = {**hf, "attention": "block_causal", "attention_block_size": BLOCK}
+        dst = tmp_path_factory.mktemp(f"bc_{family}") / "m"
+        shutil.copytree(path, dst)
+        (dst / "config.json").write_text(json.dumps(hf))
+        out[family] = jdllm.load(str(dst)), RefModel(w, hf)
+    return out
+
+
+D2F_SCHED = dict(block_add_threshold=0.1, decoded_token_threshold=0.75, skip_threshold=0.9)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exact_cache_equals_no_cache_on_a_block_causal_model(family, block_causal):
+    """The exact block cache (window queries only, K/V written once) gives the tokens and NFE of a full
+    forward every step, for the D2F pipeline and for semi-AR blocks, on a ragged batch."""
+    model, _ = block_causal[family]
+    for sched, kw in [(Pipelined(GEN, BLOCK, max_blocks_in_flight=2, **D2F_SCHED), dict(threshold=0.9)),
+                      (SemiAutoregressive(GEN, BLOCK), dict(threshold=0.9)),
+                      (SemiAutoregressive(GEN, BLOCK), dict(steps=GEN // 2))]:
+        want = jdllm.generate(model, PROMPTS, gen_length=GEN, schedule=sched, **kw)
+        got = jdllm.generate(model, PROMPTS, gen_length=GEN, schedule=sched, cache="exact", **kw)
+        np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=str(sched))
+        np.testing.assert_array_equal(got.nfe, want.nfe, err_msg=str(sched))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_pipeline_on_a_block_causal_model_matches_d2f(family, block_causal):
+    """D2F's reference grows the sequence block by block; under block-causal attention that is the same as
+    the full canvas with D2F's mask, which the numpy reference model applies here."""
+    from tests.reference.masks import create_full_block_attention_mask
+
+    model, ref = block_causal[family]
+    sched = Pipelined(GEN, BLOCK, max_blocks_in_flight=GEN // BLOCK, eos_early_stop=False, **D2F_SCHED)
+    out = jdllm.generate(model, PROMPTS, gen_length=GEN, threshold=0.9, schedule=sched, cache="exact")
+    for row, prompt in enumerate(PROMPTS):
+        bias = create_full_block_attention_mask(len(prompt), len(prompt) + GEN, BLOCK)
+        want, nfe = d2f_generate(lambda x: ref(x[None], attention_bias=bias)[0], prompt, GEN, BLOCK,
+                                 mask_id=ref.mask_id, tau_add=0.1, tau_act=0.75, tau_conf=0.9,
+                                 shift=ref.shift == 1)
+        np.testing.assert_array_equal(out.tokens[row], want, err_msg=f"row {row}")
+        assert out.nfe[row] == nfe
+
+
+def test_exact_cache_refuses_a_bidirectional_model(jd_models):
+    with pytest.raises(ValueError, match="cache='exact' needs a block-causal model"):
+        jdllm.generate(jd_models["llada"], PROMPTS, gen_length=GEN, block_length=BLOCK, threshold=0.9,
+                       cache="exact")

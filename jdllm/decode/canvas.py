@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Int
 
+from jdllm.models.masks import block_ids
+
 
 @struct.dataclass
 class Canvas:
@@ -27,7 +29,7 @@ class Canvas:
         region is block 0, generation block i (of `block_size` rows from the prompt end) is i + 1 (D2F §3.1)."""
         if self.block_size is None:
             return None
-        return jnp.where(index < self.prompt_len, 0, (index - self.prompt_len) // self.block_size + 1)
+        return block_ids(index, self.prompt_len, self.block_size)
 
     def mask_blocks(self, q_index: Int[Array, "B Q"]) -> dict:
         """Keyword arguments `Transformer.layers` takes for queries at canvas rows `q_index` against every row."""
