@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse already printed its one line (or the help)
         return e.code if isinstance(e.code, int) else 2
+    args.argv = argv  # the bench records its own command line
     try:
         return args.func(args)
     except (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError) as e:

@@ -37,6 +37,7 @@ class Bundle:
     prompt_template: str = "{question}"
     gen_length: int = 64
     block_length: int = 32
+    name: str = "model"  # the model directory's name (bench rows name their model by it)
 
     def format_prompt(self, question: str, raw: bool = False) -> str:
         return question if raw else self.prompt_template.format(question=question.rstrip())
@@ -74,4 +75,5 @@ def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None,
         prompt_template=gen.get("prompt_template", "{question}"),
         gen_length=int(gen.get("gen_length", 64)),
         block_length=int(gen.get("block_length", 32)),
+        name=path.resolve().name,
     )

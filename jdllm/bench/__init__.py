@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import time
 from typing import Any, Sequence
 
@@ -63,7 +64,8 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
     first_s = time.perf_counter() - t0
     strategy = make_cache(kw.get("cache"), kw.get("cfg_scale", 0.0), kw.get("refresh_every"))
     block = kw.get("block_length", gen_length)
-    flop_args = (gen_length // block, width + gen_length, width, block)
+    window = kw["schedule"].width if "schedule" in kw else block
+    flop_args = (gen_length // block, width + gen_length, width, window)
     correct, nfe, ans_tokens, decode_s, batch_times, flops = 0, [], 0, 0.0, [], 0.0
     for rep in range(repeats):
         for idx, real in batches:
@@ -85,6 +87,7 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
     mean_nfe = float(np.mean(nfe))
     return {
         "recipe": name,
+        "model": bundle.name,
         "decode_kwargs": kw,
         "accuracy": correct / len(problems),
         "nfe": mean_nfe,
@@ -117,8 +120,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: int = 16, gen_length: int | None = None,
-              repeats: int = 1, seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
-    """Benchmark `recipes` on `n` held-out problems; the first recipe is the baseline of the speedups."""
+              repeats: int = 1, seed: int = 0, show_progress: bool = True,
+              models: dict[str, Bundle] | None = None) -> dict[str, Any]:
+    """Benchmark `recipes` on `n` held-out problems. An entry `recipe@model` runs on `models[model]` (loaded by
+    the caller), a plain `recipe` on `bundle`; every row names its model. Speedups are against the first
+    `vanilla` / `fast_dllm_parallel` row."""
     gen_length = bundle.gen_length if gen_length is None else gen_length
     if n < 1 or batch_size < 1 or repeats < 1 or not recipes:
         raise ValueError(f"n, batch_size and repeats must be >= 1 and recipes non-empty, got n={n}, "
@@ -133,13 +139,18 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
     for name in recipes:
         if progress is not None:
             progress.set_postfix_str(name)
-        rows.append(bench_recipe(bundle, name, problems, gen_length, batch_size, repeats, seed, progress))
+        recipe, model = split_entry(name)
+        row_bundle = bundle if model is None else (models or {})[model]
+        rows.append(bench_recipe(row_bundle, recipe, problems, gen_length, batch_size, repeats, seed, progress))
+        rows[-1]["entry"] = name
     if progress is not None:
         progress.close()
     peak = measure_matmul_peak()
     for r in rows:
         r["fraction_of_peak"] = r["achieved_flops_per_s"] / peak
-    by_name = {r["recipe"]: r for r in rows}
+    by_name = {}
+    for r in rows:
+        by_name.setdefault(r["recipe"], r)
     for r in rows:
         for base in ("vanilla", "fast_dllm_parallel"):
             if base in by_name:
@@ -165,7 +176,7 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         sp = r.get("speedup_vs_vanilla")
         lines.append(
-            f"{r['recipe']:28s} {100 * r['accuracy']:5.1f}% {r['nfe']:7.1f} {r['tpf']:6.2f} {r['tokens_per_s']:9.1f} "
+            f"{r.get('entry', r['recipe']):28s} {100 * r['accuracy']:5.1f}% {r['nfe']:7.1f} {r['tpf']:6.2f} {r['tokens_per_s']:9.1f} "
             f"{(f'{sp:.2f}x' if sp else '-'):>9s} {r['compile_s']:9.1f} {r['flops_per_token'] / 1e6:9.2f} "
             f"{100 * r['fraction_of_peak']:6.2f}"
         )
@@ -214,17 +225,41 @@ def plot_pareto(report: dict[str, Any], path: str):
     return fig
 
 
+def split_entry(entry: str) -> tuple[str, str | None]:
+    """`recipe` or `recipe@model` (model: a model directory, or the name of one under jdllm/assets/models)."""
+    recipe, _, model = entry.partition("@")
+    return recipe, (model or None)
+
+
+def model_dir(spec: str) -> str:
+    """A `@model` of --recipes: an existing directory, else a shipped model's name."""
+    from jdllm.shipped import assets_dir
+
+    if os.path.isdir(spec):
+        return spec
+    shipped = os.path.join(assets_dir(), spec)
+    if os.path.isdir(shipped):
+        return shipped
+    known = sorted(os.listdir(assets_dir()))
+    raise ValueError(f"--recipes: no model directory {spec!r} (nor a shipped model of that name; shipped: "
+                     f"{', '.join(known)})")
+
+
 def parse_recipe_names(text: str) -> list[str]:
-    """Comma-separated recipe names: non-empty, each known (configs/recipes.yaml), none repeated."""
+    """Comma-separated entries `recipe` or `recipe@model`: non-empty, each recipe known (configs/recipes.yaml),
+    each model a directory or shipped model name, no entry repeated."""
     from jdllm.recipes import load_recipes
 
     names = [r.strip() for r in text.split(",")]
     if not any(names):
         raise ValueError(f"--recipes names no recipe ({text!r}); see `jdllm recipes`")
-    if not all(names):
+    if not all(names) or any(not split_entry(n)[0] for n in names):
         raise ValueError(f"--recipes {text!r} has an empty name between commas")
     known = load_recipes()
-    unknown = [n for n in names if n not in known]
+    for n in names:
+        if split_entry(n)[1] is not None:
+            model_dir(split_entry(n)[1])
+    unknown = [split_entry(n)[0] for n in names if split_entry(n)[0] not in known]
     if unknown:
         raise ValueError(f"unknown recipe {unknown[0]!r} in --recipes; known: {', '.join(sorted(known))}")
     repeated = [n for i, n in enumerate(names) if n in names[:i]]
@@ -246,13 +281,20 @@ def check_output_path(flag: str, path: str | None) -> None:
         raise ValueError(f"{flag} {path}: directory {folder} is not writable")
 
 
-def check_bench_recipes(bundle: Bundle, recipes: Sequence[str], gen_length: int) -> None:
+def check_bench_recipes(bundle: Bundle, recipes: Sequence[str], gen_length: int,
+                        models: dict[str, Bundle] | None = None) -> None:
     """Every recipe's generate arguments at this gen_length pass jdllm.validation (before any compile)."""
     from jdllm.validation import check_generate_args
 
-    for name in recipes:
+    for entry in recipes:
+        name, model = split_entry(entry)
+        cfg = (bundle if model is None else (models or {})[model]).model.config
         try:
-            check_generate_args(gen_length=gen_length, **recipe_kwargs(name, gen_length, model_config=bundle.model.config))
+            kw = recipe_kwargs(name, gen_length, model_config=cfg)
+            check_generate_args(gen_length=gen_length, **kw)
+            if kw.get("cache") == "exact" and cfg.attention != "block_causal":
+                raise ValueError("cache='exact' needs a block-causal model (a D2F student): run it as "
+                                 f"{name}@<student model>")
         except (TypeError, ValueError) as e:
             raise ValueError(f"recipe {name!r} at gen_length {gen_length}: {e}") from None
 
@@ -264,9 +306,12 @@ def run_bench_cli(args) -> int:
     if args.plot:
         import matplotlib  # noqa: F401  (fail now, not after the run)
     bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None))
-    check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length)
+    models = {m: load_bundle(model_dir(m), check_finite=True) for m in {split_entry(r)[1] for r in recipes} - {None}}
+    check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length, models)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
-                       repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress)
+                       repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress, models=models)
+    if getattr(args, "argv", None) is not None:
+        report["command"] = "jdllm " + " ".join(shlex.quote(a) for a in args.argv)
     print(format_table(report))
     if args.out:
         with open(args.out, "w") as f:

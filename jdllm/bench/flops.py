@@ -7,7 +7,10 @@ cache strategy computes per step (canvas length L, prompt width P, window W, shi
 - no cache: Q = T = L (x2 with classifier-free guidance);
 - a block-start (refresh) forward of the prefix / dual cache: Q = T = L;
 - a cached prefix step: Q = L - P + s (the generation region as queries), T = L;
-- a cached dual step: Q = W + s, T = L.
+- a cached dual step: Q = W + s, T = L;
+- the exact block-causal cache: one prefill (Q = T = P + W) per row, then Q = W + s, T = L every step (the
+  block-causal mask hides later keys, but a dense kernel still computes them), plus B query rows on a step whose
+  window moved (the block before it is re-run), counted once per block.
 A row's FLOPs = refresh forwards x full + the rest of its NFE x cached (refreshes = blocks it started, plus one
 every `refresh_every` steps). These are the FLOPs a row needs (what it computes alone); `decode_flops` also
 returns what the batched program ran, where an iteration in which some rows refresh runs the full forward for
@@ -33,9 +36,12 @@ def forward_flops(cfg, queries: int, keys: int, head_rows: int) -> float:
 def step_flops(cfg, cache, canvas_len: int, prompt_width: int, window: int) -> tuple[float, float]:
     """(FLOPs of a full / refresh forward, FLOPs of a cached step) for one row under cache strategy `cache`
     (a jdllm CacheStrategy)."""
-    from jdllm.decode.caches import DualCache, NoCache, PrefixCache
+    from jdllm.decode.caches import DualCache, ExactBlockCache, NoCache, PrefixCache
 
     full = forward_flops(cfg, canvas_len, canvas_len, window)
+    if isinstance(cache, ExactBlockCache):
+        prefill = prompt_width + window
+        return forward_flops(cfg, prefill, prefill, window), forward_flops(cfg, window + cfg.shift, canvas_len, window)
     if isinstance(cache, NoCache):
         return full * (2 if cache.cfg_scale > 0 else 1), full * (2 if cache.cfg_scale > 0 else 1)
     if isinstance(cache, DualCache):
@@ -49,9 +55,15 @@ def row_flops(cfg, cache, nfe: int, n_blocks: int, canvas_len: int, prompt_width
     """Model FLOPs one row needs: `n_blocks` refresh forwards (cached strategies) and the rest cached steps."""
     from jdllm.decode.caches import NoCache
 
+    from jdllm.decode.caches import ExactBlockCache
+
     full, cached = step_flops(cfg, cache, canvas_len, prompt_width, window)
     if isinstance(cache, NoCache):
         return nfe * full
+    if isinstance(cache, ExactBlockCache):
+        block = (canvas_len - prompt_width) // max(n_blocks, 1)
+        moves = max(min(n_blocks, nfe) - 1, 0)
+        return full + (nfe - 1) * cached + moves * forward_flops(cfg, block, canvas_len, 0)
     refreshes = min(n_blocks, nfe)
     if getattr(cache, "refresh_every", None):
         refreshes = min(nfe, refreshes + max(nfe - refreshes, 0) // cache.refresh_every)
