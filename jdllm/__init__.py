@@ -23,6 +23,8 @@ _PUBLIC = {
     "GenerateOutput": "jdllm.api",
     "ModelConfig": "jdllm.models.config",
     "Transformer": "jdllm.models.transformer",
+    "as_block_causal": "jdllm.models.attention_view",
+    "as_bidirectional": "jdllm.models.attention_view",
 }
 
 _SUBMODULES = {"api", "bench", "cli", "decode", "models", "recipes", "sharding", "shipped", "tasks", "tokenizer",

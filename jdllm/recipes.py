@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,13 @@ def merge_recipe(recipe: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
     """`given` (keywords a caller passed explicitly) over a recipe's keywords: a given keyword of one axis drops
     the recipe's keywords of that axis (e.g. `threshold=` replaces a recipe's `policy`), so nothing conflicts."""
     out = dict(recipe)
+    sched = out.get("schedule")
+    tweaks = {k: given[k] for k in ("block_length", "eos_early_stop") if k in given}
+    if sched is not None and "schedule" not in given and tweaks:
+        # a recipe's schedule object (e.g. d2f's pipeline) keeps its kind; block_length / eos_early_stop retune it
+        given = {k: v for k, v in given.items() if k not in tweaks}
+        out["schedule"] = dataclasses.replace(sched, **tweaks)
+        out["block_length"] = out["schedule"].block_length
     for axis in AXIS_KEYWORDS:
         if axis & given.keys():
             for key in axis:

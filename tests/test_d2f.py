@@ -129,3 +129,46 @@ def test_exact_cache_refuses_a_bidirectional_model(jd_models):
     with pytest.raises(ValueError, match="cache='exact' needs a block-causal model"):
         jdllm.generate(jd_models["llada"], PROMPTS, gen_length=GEN, block_length=BLOCK, threshold=0.9,
                        cache="exact")
+
+
+# ------------------------------------------------------------------------------------ recipes by name
+def test_generate_recipe_by_name_equals_its_keywords(jd_models):
+    model = jd_models["llada"]
+    want = jdllm.generate(model, PROMPTS, gen_length=GEN, block_length=8, steps=GEN, threshold=0.9, cache="dual")
+    got = jdllm.generate(model, PROMPTS, gen_length=GEN, recipe="fast_dllm_dual_parallel", block_length=8)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.nfe, want.nfe)
+
+
+def test_explicit_keywords_replace_the_recipes_axis():
+    from jdllm.decode.policies import Frechet
+    from jdllm.recipes import merge_recipe, recipe_kwargs
+
+    frechet = recipe_kwargs("frechet_prefix", 64)
+    assert isinstance(frechet["policy"], Frechet)
+    merged = merge_recipe(frechet, {"threshold": 0.7})
+    assert merged["threshold"] == 0.7 and "policy" not in merged and merged["cache"] == "prefix"
+    d2f = recipe_kwargs("d2f", 64)
+    assert isinstance(d2f["schedule"], Pipelined) and d2f["cache"] == "exact"
+    retuned = merge_recipe(d2f, {"block_length": 16, "eos_early_stop": False})
+    assert retuned["schedule"] == Pipelined(64, 16, eos_early_stop=False, max_blocks_in_flight=3,
+                                            block_add_threshold=0.1, decoded_token_threshold=0.95, skip_threshold=0.9)
+    assert "eos_early_stop" not in retuned and retuned["block_length"] == 16
+    semi = merge_recipe(d2f, {"schedule": SemiAutoregressive(64, 8)})
+    assert semi["schedule"] == SemiAutoregressive(64, 8) and "block_length" not in semi
+    with pytest.raises(TypeError, match="recipe must be a recipe name"):
+        jdllm.generate(None, [[1]], recipe=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_as_block_causal_shares_weights_and_equals_a_block_causal_checkpoint(family, jd_models, block_causal):
+    bidir = jd_models[family]
+    view = jdllm.as_block_causal(bidir, BLOCK)
+    assert view.wte[...] is bidir.wte[...]  # no copy
+    loaded, _ = block_causal[family]
+    assert view.config == loaded.config
+    kw = dict(gen_length=GEN, threshold=0.9, cache="exact",
+              schedule=Pipelined(GEN, BLOCK, max_blocks_in_flight=2, **D2F_SCHED))
+    a, b = jdllm.generate(view, PROMPTS, **kw), jdllm.generate(loaded, PROMPTS, **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert jdllm.as_bidirectional(view).config == bidir.config
