@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from flax import nnx
 
+from jdllm.models.abstract import abstract_model
 from jdllm.models.transformer import Transformer
 
 
 def _with_config(model: Transformer, cfg) -> Transformer:
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    graphdef, _ = abstract_model(cfg)
     new = nnx.merge(graphdef, nnx.state(model))
     for attr in ("sharding_rules",):  # decode-time metadata `jdllm.load(mesh=...)` attaches
         if hasattr(model, attr):

@@ -16,6 +16,7 @@ from jdllm.models.config import ModelConfig, config_from_hf
 from jdllm.models.transformer import Transformer
 from jdllm.weights.checkpoint_dir import atomic_checkpoint_dir, read_json_object
 from jdllm.weights.keymaps import describe_unexpected, expected_names
+from jdllm.models.abstract import abstract_model  # noqa: F401  (re-exported: loaders, tests)
 from jdllm.weights.lora import LoraAdapter, merge_host, resolve_lora
 from jdllm.weights.safetensors_io import open_checkpoint, save_file, write_sharded
 
@@ -24,11 +25,6 @@ Placer = Callable[[str, "SafetensorsTensor"], jax.Array]
 
 def _path_tuple(path: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in path.split("."))
-
-
-def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph and shape-only state of a model: nothing is allocated."""
-    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
 
 
 def model_from_arrays(cfg: ModelConfig, arrays: dict[tuple, jax.Array]) -> Transformer:

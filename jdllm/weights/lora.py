@@ -288,7 +288,7 @@ def save_lora(delta_params: Mapping[str | tuple, tuple[np.ndarray, np.ndarray]],
         raise ValueError(f"r must be a positive integer, got {r!r}")
     if isinstance(target_modules, str) or not all(isinstance(t, str) for t in target_modules):
         raise TypeError(f"target_modules must be a list of module names, got {target_modules!r}")
-    from jdllm.weights.hf import abstract_model  # deferred: hf imports this module
+    from jdllm.models.abstract import abstract_model
 
     _, abstract = abstract_model(base_config)
     shapes = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p): leaf.shape
