@@ -67,6 +67,39 @@ def bench_recipe(bundle, name: str, prompts: list[list[int]], gen_length: int, r
     }
 
 
+def forward_scaling(bundle, canvas: int, repeats: int = 20) -> dict:
+    """The roofline behind vanilla's batch speedup: one model forward over a `canvas`-position canvas at batch 1
+    and batch 8 (ms per row, best of `repeats`) and its fraction of the matmul peak measured in the same run. A
+    forward already near the peak at batch 1 cannot get much cheaper per row by batching."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jdllm.bench.flops import forward_flops, measure_matmul_peak
+    from jdllm.models.transformer import positions_from_mask
+
+    graphdef, params = nnx.split(bundle.model)
+    cfg = bundle.model.config
+
+    @jax.jit
+    def fwd(params, tokens, valid):
+        model = nnx.merge(graphdef, params)
+        hidden, _ = model.layers(tokens, positions_from_mask(valid), valid)
+        return model.head(hidden[:, -32:])
+
+    peak = measure_matmul_peak()
+    out = {"canvas": canvas, "peak_flops_per_s": peak}
+    for b in (1, 8):
+        tokens, valid = jnp.ones((b, canvas), jnp.int32), jnp.ones((b, canvas), bool)
+        fwd(params, tokens, valid).block_until_ready()
+        best = min(_timed(lambda: fwd(params, tokens, valid).block_until_ready())[0] for _ in range(repeats))
+        flops = b * forward_flops(cfg, canvas, canvas, 32)
+        out[f"ms_per_row_batch{b}"] = 1e3 * best / b
+        out[f"fraction_of_peak_batch{b}"] = flops / best / peak
+    out["forward_speedup_batch8"] = out["ms_per_row_batch1"] / out["ms_per_row_batch8"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default=",".join(RECIPES))
@@ -83,7 +116,12 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['recipe']:28s} {r['s_per_prompt_batch1']:12.4f} {r['s_per_prompt_batch8']:12.4f} "
               f"{r['speedup_batch8']:9.2f}x")
+    roof = forward_scaling(bundle, max(map(len, prompts)) + args.gen_length)
+    print(f"model forward over {roof['canvas']} positions: {roof['ms_per_row_batch1']:.3f} ms/row at batch 1 "
+          f"({100 * roof['fraction_of_peak_batch1']:.0f}% of the matmul peak), {roof['ms_per_row_batch8']:.3f} "
+          f"ms/row at batch 8 ({100 * roof['fraction_of_peak_batch8']:.0f}%)")
     report = {"machine": machine_info(), "gen_length": args.gen_length, "repeats": args.repeats,
+              "forward_scaling": roof,
               "prompt_lengths": sorted(map(len, prompts)), "command": "python benchmarks/batching.py " +
               " ".join(argv if argv is not None else sys.argv[1:]), "results": rows}
     if args.out:

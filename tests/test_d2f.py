@@ -172,3 +172,17 @@ def test_as_block_causal_shares_weights_and_equals_a_block_causal_checkpoint(fam
     a, b = jdllm.generate(view, PROMPTS, **kw), jdllm.generate(loaded, PROMPTS, **kw)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert jdllm.as_bidirectional(view).config == bidir.config
+
+
+def test_pipeline_with_the_exact_cache_on_a_mesh_gives_one_devices_tokens(block_causal):
+    import jax
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    model, _ = block_causal["llada"]
+    kw = dict(gen_length=GEN, threshold=0.9, cache="exact",
+              schedule=Pipelined(GEN, BLOCK, max_blocks_in_flight=2, **D2F_SCHED))
+    want = jdllm.generate(model, PROMPTS + PROMPTS[:1], **kw)
+    got = jdllm.generate(model, PROMPTS + PROMPTS[:1], mesh=jax.make_mesh((2, 4), ("data", "tensor")), **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.nfe, want.nfe)
