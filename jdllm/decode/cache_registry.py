@@ -10,6 +10,7 @@ CACHE_STRATEGIES = {
     "prefix": "jdllm.decode.caches.block_kv:PrefixCache",
     "dual": "jdllm.decode.caches.block_kv:DualCache",
     "exact": "jdllm.decode.caches.exact:ExactBlockCache",
+    "dllm": "jdllm.decode.caches.dllm:DLLMCache",
 }
 CACHE_NAMES = tuple(CACHE_STRATEGIES)
 
