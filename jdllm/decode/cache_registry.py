@@ -11,6 +11,7 @@ CACHE_STRATEGIES = {
     "dual": "jdllm.decode.caches.block_kv:DualCache",
     "exact": "jdllm.decode.caches.exact:ExactBlockCache",
     "dllm": "jdllm.decode.caches.dllm:DLLMCache",
+    "dkv": "jdllm.decode.caches.dkv:DKVCache",
 }
 CACHE_NAMES = tuple(CACHE_STRATEGIES)
 
