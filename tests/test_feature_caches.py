@@ -103,7 +103,8 @@ def test_flops_follow_the_compute_account(jd_models, no_cache):
     assert np.all(out.flops < want.flops)
 
 
-needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+needs8 = pytest.mark.skipif(jax.device_count() < 8,
+                            reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
 
 
 @needs8

@@ -54,7 +54,8 @@ class DLLMCacheForward:
     def _refresh_index(self, v_new, v_cached):
         """`refresh_index`: the k response rows of lowest cosine similarity between new and cached V."""
         k = int(v_new.shape[0] * self.ratio)
-        cos = np.sum(v_new * v_cached, -1) / np.maximum(np.linalg.norm(v_new, axis=-1) * np.linalg.norm(v_cached, axis=-1), 1e-8)
+        norms = np.linalg.norm(v_new, axis=-1) * np.linalg.norm(v_cached, axis=-1)
+        cos = np.sum(v_new * v_cached, -1) / np.maximum(norms, 1e-8)  # torch cosine_similarity, eps 1e-8
         order = np.argsort(cos, kind="stable")
         if 0 < k < cos.size:
             self.min_cos_gap = min(self.min_cos_gap, cos[order[k]] - cos[order[k - 1]])

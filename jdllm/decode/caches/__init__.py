@@ -10,4 +10,5 @@ from jdllm.decode.caches.none import NoCache
 
 CACHES: dict[str, type[CacheStrategy]] = {name: cache_class(name) for name in CACHE_NAMES}
 
-__all__ = ["CacheStrategy", "KVCache", "NoCache", "PrefixCache", "DualCache", "ExactBlockCache", "DLLMCache", "DKVCache", "CACHES"]
+__all__ = ["CacheStrategy", "KVCache", "NoCache", "PrefixCache", "DualCache", "ExactBlockCache", "DLLMCache",
+           "DKVCache", "CACHES"]

@@ -36,6 +36,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jdllm.decode.caches.base import CacheStrategy
 from jdllm.decode.canvas import Canvas, slice_rows
 from jdllm.decode.sharding import KV_CACHE_AXES
+from jdllm.models.masks import block_causal_allowed
 
 FEATURE_AXES = ("layers", "batch", "cache_seq", "embed")
 
@@ -179,8 +180,4 @@ class DLLMCache(CacheStrategy):
 def _allowed(canvas: Canvas, idx: Int[Array, "B Q"]):
     """Block-causal attention of the gathered query rows (None for bidirectional models)."""
     blocks = canvas.mask_blocks(idx)
-    if not blocks:
-        return None
-    from jdllm.models.masks import block_causal_allowed
-
-    return block_causal_allowed(blocks["q_block"], blocks["k_block"])
+    return block_causal_allowed(blocks["q_block"], blocks["k_block"]) if blocks else None
