@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jdllm import sharding as sharding_lib
+from jdllm.decode.cost import account_flops
 from jdllm.decode.buckets import DEFAULT_PROMPT_BUCKETS, bucket_width
 from jdllm.decode.caches import CacheStrategy, ExactBlockCache
 from jdllm.decode.loop import DecodeSpec, decode, decode_debug
@@ -116,12 +117,19 @@ def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
 class GenerateOutput:
     """tokens [B, gen_length] (numpy); nfe [B]: forward evaluations each row took, counted as the reference
     counts them; iterations: loop iterations of the batch (= max(nfe): rows never idle; the largest over
-    micro-batches); micro_batch: rows per compiled call (< B when the memory plan split the batch)."""
+    micro-batches); micro_batch: rows per compiled call (< B when the memory plan split the batch).
+
+    The compute account, per row (what the row computes, as it would alone): `recomputed` [B], positions run
+    through a transformer layer, summed over layers and steps (a no-cache step counts canvas x layers; a cached
+    step only the rows its strategy recomputes), and `flops` [B], the model FLOPs from it
+    (`jdllm.bench.flops.account_flops`)."""
 
     tokens: np.ndarray
     nfe: np.ndarray
     iterations: int
     micro_batch: int | None = None
+    recomputed: np.ndarray | None = None
+    flops: np.ndarray | None = None
 
 
 def pack_prompts(prompts, cfg, gen_length: int, prompt_length: int | None = None,
@@ -273,13 +281,13 @@ def generate(
     run = decode_debug if debug else decode
     if plan is None:
         micro = plan_batch(cfg, spec, batch, tokens.shape[1], args.max_memory).micro_batch
-        spec = dataclasses.replace(spec, max_iters=sched.max_iters(args.steps, micro))
+        spec = dataclasses.replace(spec, max_iters=args.cache.max_iters(sched, args.steps, micro))
         parts = [_run_rows(run, graphdef, params, spec, tokens[rows], valid[rows], ids[rows], args.seed, width, micro)
                  for rows in _micro_batches(batch, micro)]
-        st_tokens, nfe, nonfinite, done = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        iters = max(p[4] for p in parts)
+        st_tokens, nfe, nonfinite, done, recomputed = (np.concatenate([p[i] for p in parts]) for i in range(5))
+        iters = max(p[5] for p in parts)
     else:
-        spec = dataclasses.replace(spec, max_iters=sched.max_iters(args.steps, batch))
+        spec = dataclasses.replace(spec, max_iters=args.cache.max_iters(sched, args.steps, batch))
         micro = batch
         sharding_lib.check_model(cfg, plan.mesh, plan.rules)
         params = sharding_lib.shard_params(params, plan.mesh, plan.rules)
@@ -288,11 +296,13 @@ def generate(
         with jax.set_mesh(plan.mesh):  # overrides a surrounding Explicit-axes mesh with its Auto twin
             st = run(graphdef, params, dataclasses.replace(spec, sharding=plan), glob(tokens[rows]),
                      glob(valid[rows]), glob(ids[rows]), np.uint32(args.seed), width)
-        st_tokens, nfe, iters, done, nonfinite = (sharding_lib.to_host(x)
-                                                  for x in (st.tokens, st.nfe, st.iters, st.done, st.nonfinite))
+        st_tokens, nfe, iters, done, nonfinite, recomputed = (
+            sharding_lib.to_host(x) for x in (st.tokens, st.nfe, st.iters, st.done, st.nonfinite, st.recomputed))
     _check_finished(nonfinite, done, spec.max_iters)
+    flops = np.asarray([account_flops(cfg, args.cache, int(r), int(n), tokens.shape[1], width, sched.width)
+                        for r, n in zip(recomputed, nfe)])
     return GenerateOutput(tokens=np.asarray(st_tokens[:, width:]), nfe=np.asarray(nfe), iterations=int(iters),
-                          micro_batch=micro)
+                          micro_batch=micro, recomputed=np.asarray(recomputed), flops=flops)
 
 
 def _micro_batches(batch: int, micro: int) -> list[np.ndarray]:
@@ -308,8 +318,9 @@ def _run_rows(run, graphdef, params, spec, tokens, valid, ids, seed, width, micr
     pad = lambda x: np.concatenate([x, np.repeat(x[-1:], micro - real, axis=0)])
     st = run(graphdef, params, spec, jnp.asarray(pad(tokens)), jnp.asarray(pad(valid)),
              jnp.asarray(pad(ids), jnp.int32), jnp.asarray(seed, jnp.uint32), width)
-    st_tokens, nfe, nonfinite, done, iters = jax.device_get((st.tokens, st.nfe, st.nonfinite, st.done, st.iters))
-    return st_tokens[:real], nfe[:real], nonfinite[:real], done[:real], int(iters)
+    st_tokens, nfe, nonfinite, done, recomputed, iters = jax.device_get(
+        (st.tokens, st.nfe, st.nonfinite, st.done, st.recomputed, st.iters))
+    return st_tokens[:real], nfe[:real], nonfinite[:real], done[:real], recomputed[:real], int(iters)
 
 
 def _check_finished(nonfinite: np.ndarray, done: np.ndarray, max_iters: int) -> None:

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from jdllm.decode.cache_registry import CACHE_NAMES
+
 
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
@@ -49,7 +51,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--threshold", type=finite_float, default=None)
     p.add_argument("--factor", type=finite_float, default=None)
-    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=None)
+    p.add_argument("--cache", choices=CACHE_NAMES, default=None,
+                   help="cache strategy (jdllm.decode.caches); 'exact' needs a block-causal model")
     p.add_argument("--temperature", type=finite_float, default=None)
     p.add_argument("--remasking", default=None, choices=["low_confidence", "random", "margin", "entropy"])
     p.add_argument("--seed", type=seed_int, default=0)

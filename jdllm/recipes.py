@@ -37,7 +37,16 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, dict[str, A
             _check_policy(name, recipe["policy"])
         if "schedule" in recipe:
             _check_schedule(name, recipe["schedule"])
+        if isinstance(recipe.get("cache"), dict):
+            _check_cache(name, recipe["cache"])
     return data
+
+
+def _check_cache(name, spec) -> None:
+    from jdllm.decode.cache_registry import CACHE_NAMES
+
+    if spec.get("name") not in CACHE_NAMES:
+        raise ValueError(f"recipe {name!r}: a `cache` mapping must have `name` in {list(CACHE_NAMES)}, got {spec!r}")
 
 
 def _check_schedule(name, spec) -> None:
@@ -93,6 +102,11 @@ def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = N
                       steps_per_block=steps // n_blocks,
                       vocab_size=getattr(model_config, "vocab_size", None), mask_id=getattr(model_config, "mask_id", None))
         kw["policy"] = build_policy(kw["policy"], values)
+    if isinstance(kw.get("cache"), dict):  # {name: <registry name>, **the strategy's fields}
+        from jdllm.decode.cache_registry import cache_class
+
+        spec = dict(kw["cache"])
+        kw["cache"] = cache_class(spec.pop("name"))(**spec)
     if "schedule" in kw:
         from jdllm.decode.schedules import SCHEDULES
 

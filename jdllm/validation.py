@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jdllm.decode.cache_registry import CACHE_NAMES
 from jdllm.decode.caches import CACHES, CacheStrategy, NoCache
 from jdllm.decode.policies import CommitPolicy, Factor, Threshold, TopK
 from jdllm.decode.policies.dream import ALGS, DreamAlgorithm
 from jdllm.decode.schedules import BlockSchedule, SemiAutoregressive
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
-CACHE_NAMES = ("none", *sorted(CACHES))
 SEED_LIMIT = 1 << 32     # seeds are uint32 (jax.random.key)
 ROW_ID_LIMIT = 1 << 31   # row ids are int32 (folded into the seed's key)
 
@@ -189,7 +189,8 @@ def _policy_steps(steps, sched: BlockSchedule, policy: CommitPolicy) -> int:
 
 
 def check_cache(cache, cfg_scale, refresh_every) -> CacheStrategy:
-    """The cache strategy; cfg_scale needs cache=None, refresh_every a prefix / dual cache given by name."""
+    """The cache strategy; cfg_scale needs cache=None; a name of the registry (`jdllm.decode.cache_registry`)
+    builds its strategy from the keywords (`CacheStrategy.from_keywords`: refresh_every for prefix / dual)."""
     cfg_scale = 0.0 if cfg_scale is None else check_real("cfg_scale", cfg_scale)
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
@@ -203,18 +204,15 @@ def check_cache(cache, cfg_scale, refresh_every) -> CacheStrategy:
             raise ValueError("classifier-free guidance (cfg_scale > 0) is supported with cache=None only")
         return cache
     if cache is not None and (not isinstance(cache, str) or cache not in CACHE_NAMES):
-        raise ValueError(f"cache must be None, 'prefix', 'dual', 'exact' or a CacheStrategy, got {cache!r}")
+        names = ", ".join(repr(n) for n in CACHE_NAMES if n != "none")
+        raise ValueError(f"cache must be None, {names}, 'none' or a CacheStrategy, got {cache!r}")
     if cache is None or cache == "none":
         if refresh_every is not None:
             raise ValueError("refresh_every needs cache='prefix' or 'dual' (there is no cache to refresh)")
         return NoCache(cfg_scale=cfg_scale)
     if cfg_scale > 0:
         raise ValueError("classifier-free guidance (cfg_scale > 0) is supported with cache=None only")
-    if cache == "exact":
-        if refresh_every is not None:
-            raise ValueError("refresh_every needs cache='prefix' or 'dual' (the exact cache never refreshes)")
-        return CACHES[cache]()
-    return CACHES[cache](refresh_every=refresh_every)
+    return CACHES[cache].from_keywords(refresh_every=refresh_every)
 
 
 def check_generate_args(*, gen_length, block_length=None, steps=None, temperature=0.0, remasking="low_confidence",

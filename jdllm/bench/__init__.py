@@ -8,8 +8,11 @@ Conventions (one report format for every recipe):
   Fast-dLLM's cached loops run after a block-start forward that already finished the block).
 - `tpf` (tokens per forward): gen_length / NFE, positions decoded per forward (EOS fill included, as Fast-dLLM).
 - `speedup_*`: ratios of tokens/s to the named recipe measured in the same run.
-- `flops_per_token`: analytic model FLOPs per answer token (`jdllm.bench.flops`: what each row's forwards compute,
-  by cache strategy); `achieved_flops_per_s`: those FLOPs over the decode wall time; `fraction_of_peak`: that over
+- `recomputed`: mean positions per problem run through a transformer layer, summed over layers and steps (the
+  decode's compute account, `GenerateOutput.recomputed`: NFE x canvas x layers without a cache, less with one).
+- `flops_per_token`: analytic model FLOPs per answer token from that account (`GenerateOutput.flops`,
+  `jdllm.decode.cost.account_flops`; the adaptive caches' extra projections included); `achieved_flops_per_s`:
+  those FLOPs over the decode wall time; `fraction_of_peak`: that over
   `peak_flops_per_s`, a jitted float32 matmul measured on the same device in the same run.
 Every batch has the same shape (prompts padded to one width, the last batch filled with repeats and the
 extra rows discarded), so one program is compiled per recipe.
@@ -29,8 +32,7 @@ import jax
 import numpy as np
 
 import jdllm
-from jdllm.api import make_cache
-from jdllm.bench.flops import measure_matmul_peak, row_flops
+from jdllm.bench.flops import measure_matmul_peak
 from jdllm.recipes import recipe_kwargs
 from jdllm.shipped import Bundle, load_bundle
 from jdllm.tasks.arithmetic import Problem, make_problems, score
@@ -62,11 +64,7 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
     t0 = time.perf_counter()
     call(batches[0][0])
     first_s = time.perf_counter() - t0
-    strategy = make_cache(kw.get("cache"), kw.get("cfg_scale", 0.0), kw.get("refresh_every"))
-    block = kw.get("block_length", gen_length)
-    window = kw["schedule"].width if "schedule" in kw else block
-    flop_args = (gen_length // block, width + gen_length, width, window)
-    correct, nfe, ans_tokens, decode_s, batch_times, flops = 0, [], 0, 0.0, [], 0.0
+    correct, nfe, recomputed, ans_tokens, decode_s, batch_times, flops = 0, [], [], 0, 0.0, [], 0.0
     for rep in range(repeats):
         for idx, real in batches:
             t0 = time.perf_counter()
@@ -79,7 +77,8 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
                     p = problems[idx[j]]
                     correct += score(bundle.decode_answer(out.tokens[j]), p.answer)
                     nfe.append(int(out.nfe[j]))
-                    flops += row_flops(bundle.model.config, strategy, int(out.nfe[j]), *flop_args)
+                    recomputed.append(int(out.recomputed[j]))
+                    flops += float(out.flops[j])
                     ans_tokens += answer_tokens(out.tokens[j], bundle.model.config.eos_id)
             if progress is not None:
                 progress.update(1)
@@ -92,6 +91,7 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
         "accuracy": correct / len(problems),
         "nfe": mean_nfe,
         "tpf": gen_length / mean_nfe,
+        "recomputed": float(np.mean(recomputed)),
         "answer_tokens": ans_tokens,
         "tokens_per_s": ans_tokens / decode_s,
         "flops_per_token": flops / max(ans_tokens, 1),
@@ -170,13 +170,14 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = (f"{'recipe':28s} {'acc':>6s} {'NFE':>7s} {'TPF':>6s} {'tok/s':>9s} {'x vanilla':>9s} {'compile s':>9s} "
-            f"{'MFLOP/tok':>9s} {'% peak':>6s}")
+    head = (f"{'recipe':28s} {'acc':>6s} {'NFE':>7s} {'TPF':>6s} {'recomp':>8s} {'tok/s':>9s} {'x vanilla':>9s} "
+            f"{'compile s':>9s} {'MFLOP/tok':>9s} {'% peak':>6s}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         sp = r.get("speedup_vs_vanilla")
         lines.append(
-            f"{r.get('entry', r['recipe']):28s} {100 * r['accuracy']:5.1f}% {r['nfe']:7.1f} {r['tpf']:6.2f} {r['tokens_per_s']:9.1f} "
+            f"{r.get('entry', r['recipe']):28s} {100 * r['accuracy']:5.1f}% {r['nfe']:7.1f} {r['tpf']:6.2f} "
+            f"{r.get('recomputed', float('nan')):8.0f} {r['tokens_per_s']:9.1f} "
             f"{(f'{sp:.2f}x' if sp else '-'):>9s} {r['compile_s']:9.1f} {r['flops_per_token'] / 1e6:9.2f} "
             f"{100 * r['fraction_of_peak']:6.2f}"
         )

@@ -11,6 +11,8 @@ cache strategy computes per step (canvas length L, prompt width P, window W, shi
 - the exact block-causal cache: one prefill (Q = T = P + W) per row, then Q = W + s, T = L every step (the
   block-causal mask hides later keys, but a dense kernel still computes them), plus B query rows on a step whose
   window moved (the block before it is re-run), counted once per block.
+`account_flops` computes the same from the decode's own compute account instead (positions each layer ran, as
+`generate` returns them); it covers every strategy, including the adaptive ones (dLLM-Cache, dKV-Cache).
 A row's FLOPs = refresh forwards x full + the rest of its NFE x cached (refreshes = blocks it started, plus one
 every `refresh_every` steps). These are the FLOPs a row needs (what it computes alone); `decode_flops` also
 returns what the batched program ran, where an iteration in which some rows refresh runs the full forward for
@@ -22,6 +24,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from jdllm.decode.cost import account_flops, layer_row_flops  # noqa: F401  (the compute-account FLOP model)
 
 
 def forward_flops(cfg, queries: int, keys: int, head_rows: int) -> float:

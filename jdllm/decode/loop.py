@@ -2,8 +2,9 @@
 or step by step from Python (the debug twin). Both share `decode_step`, so they cannot drift apart.
 
 The loop only threads state: the schedule's pytree (which window each row works on, when it is done: see
-`jdllm.decode.schedules.base`), the cache's, the policy's, and per-row `nfe[B]`, `done[B]`. A step runs the
-cache strategy's forward for each row's window, proposes tokens, lets the policy choose commits per block of the
+`jdllm.decode.schedules.base`), the cache's, the policy's, and per-row `nfe[B]`, `recomputed[B]`, `done[B]`. A
+step runs the cache strategy's forward for each row's window (adding the positions it ran through a layer to
+`recomputed`), proposes tokens, lets the policy choose commits per block of the
 window (policy rows = batch x schedule slots), lets the schedule restrict them by block stage, and advances the
 schedule. A row that has finished freezes; the loop ends when every row is done (or at the schedule's static
 iteration bound that a correct policy never reaches). `nonfinite[B]` records a row whose window logits held a
@@ -48,6 +49,7 @@ class DecodeState:
     tokens: Int[Array, "B T"]
     schedule: Any                   # the schedule's state pytree (per-row block progress)
     nfe: Int[Array, "B"]
+    recomputed: Int[Array, "B"]     # positions run through a layer, summed over layers and steps (compute account)
     done: Bool[Array, "B"]
     nonfinite: Bool[Array, "B"]     # some window logit of the row was NaN / inf (the row stopped there)
     cache: Any
@@ -67,6 +69,7 @@ def init_state(spec: DecodeSpec, model: Transformer, canvas: Canvas) -> DecodeSt
         tokens=canvas.tokens,
         schedule=spec.schedule.init(b),
         nfe=zeros,
+        recomputed=zeros,
         done=jnp.zeros((b,), bool),
         nonfinite=jnp.zeros((b,), bool),
         cache=spec.cache.init(model.config, b, length),
@@ -98,7 +101,7 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
     view = sched.window(st.schedule)
     start = canvas.prompt_len + view.start
     live = ~st.done
-    logits, cache, active = spec.cache.window_logits(
+    logits, cache, active, recomputed = spec.cache.window_logits(
         model, canvas, start, width, st.cache, view.moved, live, view.steps_since_move
     )
     nonfinite = active & ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
@@ -126,6 +129,7 @@ def _decode_step(spec: DecodeSpec, model: Transformer, canvas: Canvas, row_keys:
         tokens=tokens,
         schedule=sched_state,
         nfe=st.nfe + active.astype(jnp.int32),
+        recomputed=st.recomputed + recomputed,
         done=st.done | row_done | nonfinite,
         nonfinite=st.nonfinite | nonfinite,
         cache=cache,

@@ -10,12 +10,14 @@ The forward is split so that decode-time cache strategies can compute only some 
 `layers(...)` takes the query tokens with their positions and a `kv_merge` hook that turns the K/V of those
 queries into the full-length K/V the queries attend to (identity for a full forward, "overwrite rows of a
 cached K/V" for Fast-dLLM's prefix / dual caches). Keys are cached after RoPE, at absolute canvas rows.
+A strategy that caches more than K/V (dLLM-Cache: attention and MLP outputs per layer) intercepts each layer
+with `hooked_layers(tokens, hook, states)` and composes the block's sub-steps itself.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,8 @@ from jdllm.models.partitioning import RESIDUAL_AXES, constrain_activation
 
 KV = tuple[Float[Array, "B T Hkv Dh"], Float[Array, "B T Hkv Dh"]]
 KVMerge = Callable[[int, jax.Array, jax.Array], KV]
+# (layer index, block, residual stream [B, Q, D], that layer's strategy state) -> (new residual, new layer state)
+LayerHook = Callable[[int, "Block", jax.Array, object], tuple[jax.Array, object]]
 
 
 class RMSNorm(nnx.Module):
@@ -107,21 +111,43 @@ class Block(nnx.Module):
         self.up_proj = Linear(d, cfg.mlp_hidden_size, bias=False, dtype=dt, rngs=rngs)
         self.ff_out = Linear(cfg.mlp_hidden_size, d, bias=False, dtype=dt, rngs=rngs)  # down projection
 
+    # ---- sub-steps: a layer is attn_input -> queries / keys / values -> attend -> (residual) -> mlp -> (residual).
+    # Cache strategies that recompute only some positions (dLLM-Cache) run them through `Transformer.hooked_layers`.
+
+    def attn_input(self, x: Float[Array, "B Q D"]) -> Float[Array, "B Q D"]:
+        """The attention branch's input: attn_norm(x)."""
+        return self.attn_norm(x)
+
+    def queries(self, h: Float[Array, "B Q D"], positions: Int[Array, "B Q"]) -> Float[Array, "B Q H Dh"]:
+        cfg = self.cfg
+        return rope(self.q_proj(h).reshape(h.shape[:2] + (cfg.n_heads, cfg.head_dim)), positions, cfg.rope_theta)
+
+    def keys(self, h: Float[Array, "B Q D"], positions: Int[Array, "B Q"]) -> Float[Array, "B Q Hkv Dh"]:
+        """Post-RoPE keys (as every jdllm cache stores them)."""
+        cfg = self.cfg
+        return rope(self.k_proj(h).reshape(h.shape[:2] + (cfg.n_kv_heads, cfg.head_dim)), positions, cfg.rope_theta)
+
+    def values(self, h: Float[Array, "B Q D"]) -> Float[Array, "B Q Hkv Dh"]:
+        return self.v_proj(h).reshape(h.shape[:2] + (self.cfg.n_kv_heads, self.cfg.head_dim))
+
+    def attend(self, q: Float[Array, "B Q H Dh"], k: Float[Array, "B T Hkv Dh"], v: Float[Array, "B T Hkv Dh"],
+               key_valid: Bool[Array, "B T"], allowed: Bool[Array, "B Q T"] | None = None) -> Float[Array, "B Q D"]:
+        """Attention of the queries over the keys, through the output projection (before the residual add)."""
+        a = attention(q, k, v, key_valid, allowed)
+        return self.attn_out(a.reshape(a.shape[:2] + (self.cfg.n_heads * self.cfg.head_dim,)))
+
+    def mlp(self, x: Float[Array, "B Q D"]) -> Float[Array, "B Q D"]:
+        """The MLP branch on the residual stream: ff_out(silu(ff_proj(h)) * up_proj(h)), h = ff_norm(x)."""
+        h = self.ff_norm(x)
+        return self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
+
     def __call__(self, x, positions, key_valid, kv_merge: Callable[[jax.Array, jax.Array], KV],
                  allowed: Bool[Array, "B Q T"] | None = None):
-        cfg = self.cfg
-        b, nq, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).reshape(b, nq, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(h).reshape(b, nq, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(h).reshape(b, nq, cfg.n_kv_heads, cfg.head_dim)
-        q = rope(q, positions, cfg.rope_theta)
-        k = rope(k, positions, cfg.rope_theta)
+        h = self.attn_input(x)
+        q, k, v = self.queries(h, positions), self.keys(h, positions), self.values(h)
         k_all, v_all = kv_merge(k, v)
-        a = attention(q, k_all, v_all, key_valid, allowed).reshape(b, nq, cfg.n_heads * cfg.head_dim)
-        x = x + self.attn_out(a)
-        h = self.ff_norm(x)
-        x = x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
+        x = x + self.attend(q, k_all, v_all, key_valid, allowed)
+        x = x + self.mlp(x)
         return x, (k_all, v_all)
 
 
@@ -164,6 +190,22 @@ class Transformer(nnx.Module):
             x = constrain_activation(x, RESIDUAL_AXES)
             kvs.append(kv)
         return x, kvs
+
+    def hooked_layers(self, tokens: Int[Array, "B Q"], hook: LayerHook, states: Sequence) -> tuple[
+            Float[Array, "B Q D"], list]:
+        """Embeddings, then `hook(i, block, x, states[i]) -> (x, new state)` for every block i in place of the
+        block's own forward: the per-layer interception point of feature caches (the hook composes the block's
+        sub-steps `attn_input`, `queries`, `keys`, `values`, `attend`, `mlp` over the positions it chooses).
+        Returns the final hidden states (before `ln_f`) and the new per-layer states."""
+        if len(states) != len(self.blocks):
+            raise ValueError(f"hooked_layers needs one state per layer ({len(self.blocks)}), got {len(states)}")
+        x = constrain_activation(jnp.take(self.wte[...], tokens, axis=0), RESIDUAL_AXES)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, state = hook(i, block, x, states[i])
+            x = constrain_activation(x, RESIDUAL_AXES)
+            new_states.append(state)
+        return x, new_states
 
     def _allowed(self, tokens, key_valid, q_block, k_block) -> Bool[Array, "B Q T"] | None:
         if (q_block is None) != (k_block is None):

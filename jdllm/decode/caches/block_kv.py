@@ -33,7 +33,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jdllm.decode.caches.base import CacheStrategy, KVCache, full_window_logits, window_head
+from jdllm.decode.caches.base import CacheStrategy, KVCache, full_window_logits, layer_rows, window_head
 from jdllm.decode.canvas import row_range, slice_rows, update_rows
 from jdllm.models.partitioning import active_batch_shards
 
@@ -46,16 +46,30 @@ class _BlockKVCache(CacheStrategy):
         if self.refresh_every is not None and self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1 or None, got {self.refresh_every}")
 
+    @classmethod
+    def from_keywords(cls, refresh_every=None):
+        return cls(refresh_every=refresh_every)
+
+    def cached_rows(self, canvas, width: int, shift: int) -> int:
+        """Query rows of a cached step (static)."""
+        raise NotImplementedError  # abstract
+
     def init(self, cfg, batch, length):
         return KVCache.zeros(cfg, batch, length)
 
     def cached_logits(self, model, canvas, window_start, width, cache: KVCache):
         raise NotImplementedError  # abstract
 
-    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, step_in_block):
+    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, steps_since_refresh):
+        logits, cache, active, needs = self._window_logits(model, canvas, window_start, width, cache, refresh, live,
+                                                           steps_since_refresh)
+        rows = jnp.where(needs, canvas.tokens.shape[1], self.cached_rows(canvas, width, model.config.shift))
+        return logits, cache, active, layer_rows(model, rows, active)
+
+    def _window_logits(self, model, canvas, window_start, width, cache, refresh, live, steps_since_refresh):
         needs = refresh
         if self.refresh_every is not None:
-            needs = needs | (step_in_block % self.refresh_every == 0)
+            needs = needs | (steps_since_refresh % self.refresh_every == 0)
         needs = needs & live
         batch = needs.shape[0]
         sizes = _sub_batch_sizes(batch, active_batch_shards())
@@ -93,7 +107,7 @@ class _BlockKVCache(CacheStrategy):
         sub_branch = 1 + jnp.searchsorted(jnp.asarray(sizes, jnp.int32), n_refresh) if sizes else 1
         branch = jnp.where(jnp.all(needs | ~live), 0, jnp.where(n_refresh > 0, sub_branch, len(sizes) + 2))
         branches = (do_refresh, *(refresh_some(k) for k in sizes), refresh_many, do_cached)
-        return jax.lax.switch(branch, branches, cache)
+        return (*jax.lax.switch(branch, branches, cache), needs)
 
 
 def _sub_batch_sizes(batch: int, shards: int = 1) -> tuple[int, ...]:
@@ -109,6 +123,11 @@ def _sub_batch_sizes(batch: int, shards: int = 1) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class PrefixCache(_BlockKVCache):
+    name = "prefix"
+
+    def cached_rows(self, canvas, width, shift):
+        return canvas.tokens.shape[1] - canvas.prompt_len + shift
+
     def cached_logits(self, model, canvas, window_start, width, cache):
         shift = model.config.shift
         first = canvas.prompt_len - shift
@@ -128,6 +147,11 @@ class PrefixCache(_BlockKVCache):
 
 @dataclasses.dataclass(frozen=True)
 class DualCache(_BlockKVCache):
+    name = "dual"
+
+    def cached_rows(self, canvas, width, shift):
+        return width + shift
+
     def cached_logits(self, model, canvas, window_start, width, cache):
         shift = model.config.shift
         q_start = window_start - shift

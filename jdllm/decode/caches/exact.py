@@ -27,16 +27,24 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jdllm.decode.caches.base import CacheStrategy, KVCache
+from jdllm.decode.caches.base import CacheStrategy, KVCache, layer_rows
 from jdllm.decode.canvas import slice_rows, update_rows
 
 
 @dataclasses.dataclass(frozen=True)
 class ExactBlockCache(CacheStrategy):
+    name = "exact"
+
+    @classmethod
+    def from_keywords(cls, refresh_every=None):
+        if refresh_every is not None:
+            raise ValueError("refresh_every needs cache='prefix' or 'dual' (the exact cache never refreshes)")
+        return cls()
+
     def init(self, cfg, batch, length):
         return dict(kv=KVCache.zeros(cfg, batch, length), ready=jnp.zeros((batch,), bool))
 
-    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, step_in_block):
+    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, steps_since_refresh):
         if canvas.block_size is None:
             raise ValueError("cache='exact' needs a block-causal model (config attention='block_causal'): with "
                              "bidirectional attention no K/V is ever exact; use cache='prefix' or 'dual'")
@@ -58,7 +66,9 @@ class ExactBlockCache(CacheStrategy):
 
         branch = jnp.where(jnp.any(live & ~cache["ready"]), 0, jnp.where(jnp.any(live & refresh), 2, 1))
         logits, kv = jax.lax.switch(branch, (prefill, step, step_after_move), kv)
-        return logits, dict(kv=kv, ready=cache["ready"] | live), live
+        back = canvas.block_size if width + shift + canvas.block_size <= canvas.tokens.shape[1] else 0
+        rows = jnp.where(~cache["ready"], canvas.prompt_len + width, width + shift + jnp.where(refresh, back, 0))
+        return logits, dict(kv=kv, ready=cache["ready"] | live), live, layer_rows(model, rows, live)
 
     @staticmethod
     def _run(model, canvas, q_start, n_rows: int, kv: KVCache, head_start, width: int):

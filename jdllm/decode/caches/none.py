@@ -8,17 +8,19 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jdllm.decode.caches.base import CacheStrategy, full_window_logits
+from jdllm.decode.caches.base import CacheStrategy, full_window_logits, layer_rows
 
 
 @dataclasses.dataclass(frozen=True)
 class NoCache(CacheStrategy):
     cfg_scale: float = 0.0
+    name = "none"
 
-    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, step_in_block):
+    def window_logits(self, model, canvas, window_start, width, cache, refresh, live, steps_since_refresh):
+        length = canvas.tokens.shape[1]
         if self.cfg_scale <= 0:
             logits, _ = full_window_logits(model, canvas, window_start, width)
-            return logits, cache, live
+            return logits, cache, live, layer_rows(model, length, live)
         prompt = jnp.arange(canvas.tokens.shape[1])[None, :] < canvas.prompt_len
         uncond = jnp.where(prompt & canvas.valid, model.config.mask_id, canvas.tokens)
         both = canvas.replace(
@@ -29,4 +31,4 @@ class NoCache(CacheStrategy):
         starts = jnp.concatenate([window_start, window_start])
         logits, _ = full_window_logits(model, both, starts, width)
         cond, unc = jnp.split(logits, 2)
-        return unc + (self.cfg_scale + 1.0) * (cond - unc), cache, live
+        return unc + (self.cfg_scale + 1.0) * (cond - unc), cache, live, layer_rows(model, 2 * length, live)
