@@ -28,16 +28,26 @@ def level_of(verbosity: int) -> int:
     return _LEVELS[max(-1, min(1, verbosity))]
 
 
-def configure(verbosity: int = 0, stream=None) -> logging.Logger:
-    """Send the `jdllm` logger's messages at `level_of(verbosity)` and above to `stream` (default stderr), one
-    plain line each. Calling it again replaces the handler it added before, so it never doubles lines."""
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler writing to whatever `sys.stderr` is when a record is emitted (not when it was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure(verbosity: int = 0) -> logging.Logger:
+    """Send the `jdllm` logger's messages at `level_of(verbosity)` and above to stderr, one plain line each.
+    Calling it again replaces the handler it added before, so lines are never doubled."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(level_of(verbosity))
-    for handler in [h for h in logger.handlers if getattr(h, "_jdllm_cli", False)]:
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._jdllm_cli = True
     logger.addHandler(handler)
-    logger.propagate = False
     return logger
