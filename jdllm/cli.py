@@ -298,8 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["eval"]:  # hand every option to lm-evaluation-harness's parser (--help included)
-        from jdllm.eval.harness import main as eval_main
-
+        try:
+            from jdllm.eval.harness import main as eval_main
+        except ImportError as e:
+            print(f"jdllm eval: error: {e}", file=sys.stderr)
+            return 2
+        configure_logging(0)  # jdllm's speed figures (INFO) beside lm-eval's own log
         return eval_main(argv[1:])
     if argv[:1] == ["train"]:  # hand every option to the training script's own parser (--help included)
         from jdllm.train.shipped import main as train_main
