@@ -303,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:
             print(f"jdllm eval: error: {e}", file=sys.stderr)
             return 2
-        configure_logging(0)  # jdllm's speed figures (INFO) beside lm-eval's own log
+        import logging
+
+        logging.getLogger("jdllm").setLevel(logging.INFO)  # jdllm's speed figures, through lm-eval's log handler
+        _enable_compile_cache(None)
         return eval_main(argv[1:])
     if argv[:1] == ["train"]:  # hand every option to the training script's own parser (--help included)
         from jdllm.train.shipped import main as train_main

@@ -18,13 +18,14 @@ LLaDA's `eval_llada.py` does, the model is registered and lm-eval's `cli_evaluat
   `mc_batch_size`; in a batch of b rows a random k in 1..T gives evenly spread mask counts
   x_i = ((round(k + i T / b) - 1) mod T) + 1 over the T continuation tokens, each row masks x_i random
   continuation positions, and the estimate is minus the mean over batches of
-  (1/b) sum_i sum_masked -log p(token) / (x_i / T). The draws of a request are seeded by (seed, its context),
+  (1/b) sum_i sum_masked -log p(token) / (x_i / T). The draws of `batch_size` requests run as one forward. The draws of a request are seeded by (seed, its context),
   so the choices of one item share them (common random numbers). `check_greedy=True` also reports whether greedy decoding
   of the continuation (one token per step, most confident first) reproduces it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -73,6 +74,18 @@ def mask_counts(k: int, target_len: int, b: int) -> np.ndarray:
     """LLaDA's evenly spread mask counts of one MC batch: x_i = ((round(k + i * T / b) - 1) mod T) + 1."""
     x = np.round(np.linspace(float(k), k + (b - 1) * (target_len / b), b)).astype(np.int64)
     return ((x - 1) % target_len) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Draws:
+    """The Monte-Carlo draws of one loglikelihood request: `is_mask` [mc_num, L] over `seq` = prefix + target,
+    `weight` [mc_num] = 1 / p_mask = T / (masked count) per row."""
+
+    prefix: list[int]
+    target: list[int]
+    seq: np.ndarray
+    is_mask: np.ndarray
+    weight: np.ndarray
 
 
 @functools.cache
@@ -236,7 +249,8 @@ class JdllmLM(LM):
         return whole[: len(ctx)], whole[len(ctx):]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        out = []
+        """(masked ELBO, greedy?) per request; the draws of `batch_size` requests run as one forward."""
+        draws = []
         for i, req in enumerate(requests):
             prefix, target = self._encode_pair(*req.args)
             if not target:
@@ -244,52 +258,78 @@ class JdllmLM(LM):
             if self.max_length is not None and len(prefix) + len(target) > self.max_length:
                 raise ValueError(f"jdllm loglikelihood: request {i} has {len(prefix)} + {len(target)} tokens, more "
                                  f"than max_length {self.max_length}")
-            rng = np.random.default_rng([self.seed, context_key(prefix)])
-            result = (self.masked_elbo(prefix, target, rng), self.greedy_reproduces(prefix, target))
+            draws.append(self.draws(prefix, target, np.random.default_rng([self.seed, context_key(prefix)])))
+        elbos = self.elbos(draws)
+        out = []
+        for req, d, elbo in zip(requests, draws, elbos):
+            result = (elbo, self.greedy_reproduces(d.prefix, d.target))
             out.append(result)
             self.cache_hook.add_partial("loglikelihood", req.args, result)
         return out
 
     def masked_elbo(self, prefix: list[int], target: list[int], rng: np.random.Generator) -> float:
         """LLaDA's Monte-Carlo log-likelihood estimate of `target` after `prefix` (module docstring)."""
+        return self.elbos([self.draws(prefix, target, rng)])[0]
+
+    def draws(self, prefix: list[int], target: list[int], rng: np.random.Generator) -> "Draws":
+        """The `mc_num` masked copies of prefix + target: per MC batch of `mc_batch_size` rows a random k, the
+        evenly spread mask counts `mask_counts(k, T, b)`, and per row that many random continuation positions."""
         b, t_len, p_len = self.mc_batch_size, len(target), len(prefix)
         seq = np.asarray(prefix + target, np.int64)
-        width = -(-len(seq) // 16) * 16  # pad to a multiple of 16: few compiled shapes
-        losses = []
-        for _ in range(self.mc_num // b):
-            counts = mask_counts(int(rng.integers(1, t_len + 1)), t_len, b)
-            is_mask = np.zeros((b, len(seq)), bool)
-            for r, x in enumerate(counts):
-                is_mask[r, p_len + rng.permutation(t_len)[:x]] = True
-            noisy = np.where(is_mask, self.bundle.model.config.mask_id, seq[None])
-            nll = self._token_nll(noisy, seq, p_len, width)  # [b, len(seq)]
-            weight = (t_len / counts)[:, None]  # 1 / p_mask
-            losses.append(float((nll * is_mask * weight).sum()) / b)
-        return -float(np.mean(losses))
+        is_mask = np.zeros((self.mc_num, len(seq)), bool)
+        counts = np.zeros(self.mc_num, np.int64)
+        for start in range(0, self.mc_num, b):
+            counts[start: start + b] = mask_counts(int(rng.integers(1, t_len + 1)), t_len, b)
+            for r in range(start, start + b):
+                is_mask[r, p_len + rng.permutation(t_len)[: counts[r]]] = True
+        return Draws(list(prefix), list(target), seq, is_mask, t_len / counts)
 
-    def _token_nll(self, noisy: np.ndarray, seq: np.ndarray, p_len: int, width: int) -> np.ndarray:
-        """-log p(seq | noisy) per position, [b, L]; with cfg_scale > 0, LLaDA's unsupervised classifier-free
-        guidance (the prompt masked out for the unconditional logits)."""
+    def elbos(self, draws: list["Draws"]) -> list[float]:
+        """The estimate of each `Draws`: -(1 / mc_num) sum_rows sum_masked -log p / p_mask (= minus the mean over
+        MC batches of LLaDA's per-batch loss). Rows of `batch_size` requests of one padded width share a forward."""
+        by_width: dict[int, list[int]] = {}
+        for i, d in enumerate(draws):
+            by_width.setdefault(-(-len(d.seq) // 16) * 16, []).append(i)  # widths in steps of 16: few programs
+        totals = np.zeros(len(draws))
+        for width, idx in by_width.items():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start: start + self.batch_size]
+                chunk_full = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # one compiled shape
+                nll = self._token_nll([draws[i] for i in chunk_full], width)
+                for j, i in enumerate(chunk):
+                    d = draws[i]
+                    rows = nll[j * self.mc_num: (j + 1) * self.mc_num, width - len(d.seq):]
+                    totals[i] = float((rows * d.is_mask * d.weight[:, None]).sum())
+        return [-t / self.mc_num for t in totals]
+
+    def _token_nll(self, draws: list["Draws"], width: int) -> np.ndarray:
+        """-log p(clean token | noisy rows) per position, [len(draws) * mc_num, width], every row left-padded to
+        `width`; with cfg_scale > 0, LLaDA's unsupervised classifier-free guidance (the prompt masked out for the
+        unconditional logits)."""
         import jax.numpy as jnp
 
         import jdllm
 
+        cfg = self.bundle.model.config
         cfg_scale = float(self.decode_kwargs(self.bundle.gen_length).get("cfg_scale") or 0.0)
-        b, length = noisy.shape
-        pad = width - length
-
-        def logits_of(tokens):
-            padded = np.concatenate([np.full((b, pad), self.bundle.model.config.pad_id or 0), tokens], 1)
-            attention = np.concatenate([np.zeros((b, pad), bool), np.ones((b, length), bool)], 1)
-            return jdllm.forward(self.bundle.model, padded, attention)[:, pad:]
-
-        logits = logits_of(noisy)
+        pad_id = cfg.pad_id if cfg.pad_id is not None else 0
+        noisy, uncond, clean, attention = [], [], [], []
+        for d in draws:
+            pad = width - len(d.seq)
+            rows = np.where(d.is_mask, cfg.mask_id, d.seq[None])
+            blank = rows.copy()
+            blank[:, : len(d.prefix)] = cfg.mask_id
+            left = np.full((len(rows), pad), pad_id)
+            noisy.append(np.concatenate([left, rows], 1))
+            uncond.append(np.concatenate([left, blank], 1))
+            clean.append(np.concatenate([left, np.broadcast_to(d.seq, rows.shape)], 1))
+            attention.append(np.concatenate([np.zeros((len(rows), pad), bool), np.ones(rows.shape, bool)], 1))
+        attention = np.concatenate(attention)
+        logits = jdllm.forward(self.bundle.model, np.concatenate(noisy), attention)
         if cfg_scale > 0:
-            uncond = noisy.copy()
-            uncond[:, :p_len] = self.bundle.model.config.mask_id
-            un = logits_of(uncond)
+            un = jdllm.forward(self.bundle.model, np.concatenate(uncond), attention)
             logits = un + (cfg_scale + 1) * (logits - un)
-        return -np.asarray(_picked_logp(logits, jnp.asarray(np.broadcast_to(seq, (b, length)), jnp.int32)))
+        return -np.asarray(_picked_logp(logits, jnp.asarray(np.concatenate(clean), jnp.int32)))
 
     def greedy_reproduces(self, prefix: list[int], target: list[int]) -> bool:
         """`check_greedy`: whether greedy decoding of len(target) tokens after `prefix`, one token per step
