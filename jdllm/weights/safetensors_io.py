@@ -1,9 +1,9 @@
 """Minimal safetensors reader / writer on memory maps, with bfloat16 through `ml_dtypes`.
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
-raw bytes. Reading goes through `np.memmap` and is lazy: a caller can slice a tensor (for sharded loading)
-without reading the whole of it, and bfloat16 comes through `ml_dtypes` (the `safetensors` package's numpy
-backend cannot hold bfloat16, hence this reader). Writing uses the `safetensors` package's own serializer.
+raw bytes. Reading through `np.memmap` is lazy: a caller can slice a tensor (for sharded loading) without
+reading the whole of it. The `safetensors` package's numpy backend cannot hold bfloat16, hence this module (and
+no runtime dependency on that package; the tests check files both ways against it).
 """
 
 from __future__ import annotations
@@ -123,19 +123,24 @@ def _check_entry(path: str, name: str, info) -> tuple[int, int]:
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None):
-    """Write `tensors` (numpy arrays, bfloat16 allowed) to a `.safetensors` file with the reference writer
-    (`safetensors.serialize_file`, the Rust crate; its numpy front end has no bfloat16, so arrays go in as
-    dtype code + shape + raw bytes)."""
-    from safetensors import serialize_file
-
-    entries = {}
+    """Write `tensors` (numpy arrays, bfloat16 allowed) to a `.safetensors` file."""
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    arrays = []
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
         if arr.dtype not in _NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors "
-                             f"(allowed: {', '.join(str(d) for d in _NAMES)})")
-        entries[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape), "data": arr.tobytes()}
-    serialize_file(entries, os.fspath(path), metadata=metadata or {"format": "pt"})
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
+        header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays.append(arr)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for arr in arrays:
+            f.write(arr.tobytes())
 
 
 def open_checkpoint(directory: str | os.PathLike) -> dict[str, SafetensorsFile]:
