@@ -25,10 +25,12 @@ _PUBLIC = {
     "Transformer": "jdllm.models.transformer",
     "as_block_causal": "jdllm.models.attention_view",
     "as_bidirectional": "jdllm.models.attention_view",
+    "load_bundle": "jdllm.shipped",
+    "load_text": "jdllm.text",
 }
 
 _SUBMODULES = {"api", "bench", "cli", "decode", "models", "recipes", "sharding", "shipped", "tasks", "tokenizer",
-               "train", "weights", "compile_cache"}
+               "train", "weights", "compile_cache", "text", "log", "eval", "chat"}
 
 __all__ = list(_PUBLIC)
 

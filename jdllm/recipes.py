@@ -1,4 +1,4 @@
-"""Named decoding recipes from `configs/recipes.yaml`: every published row's hyper-parameters, pinned."""
+"""Named decoding recipes from `jdllm/configs/recipes.yaml`: every published row's hyper-parameters, pinned."""
 
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ _POLICY_PLACEHOLDERS = ("gen_length", "block_length", "steps", "steps_per_block"
 
 
 def default_recipe_file() -> Path:
-    """`configs/recipes.yaml` of the source tree (the file is also installed beside the package)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "configs" / "recipes.yaml", here / "configs" / "recipes.yaml"):
-        if cand.exists():
-            return cand
-    raise FileNotFoundError("configs/recipes.yaml not found next to the jdllm package")
+    """`jdllm/configs/recipes.yaml`, shipped inside the package (so wheels carry it)."""
+    path = Path(__file__).resolve().parent / "configs" / "recipes.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the jdllm installation is incomplete")
+    return path
 
 
 def load_recipes(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:

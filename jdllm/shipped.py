@@ -1,9 +1,11 @@
-"""A model bundle for text in, text out: model + tokenizer + prompt template + decoding defaults.
+"""A model bundle for text in, text out: model + tokenizer + chat template + decoding defaults.
 
 The shipped default model (`jdllm/assets/models/arith-llada-tiny`, trained here, see its MODEL_CARD.md) is a
-LLaDA-architecture checkpoint in HF layout, loaded by the same code path as LLaDA-8B. A model directory may
-carry `generation_config.json` with `prompt_template` (containing `{question}`), `gen_length` and
-`block_length`; without it, text is fed as is.
+LLaDA-architecture checkpoint in HF layout, loaded by the same code path as LLaDA-8B. The text side of any
+checkpoint (tokenizer.json, tokenizer_config.json's `chat_template` and special tokens, generation_config.json's
+EOS ids) is read by `jdllm.text.load_text`. A prompt is formatted with the chat template (one user turn);
+a directory without one may give `prompt_template` (containing `{question}`) in `generation_config.json`, else
+text is fed as is. `generation_config.json` may also set `gen_length` and `block_length`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from jdllm.api import load
 from jdllm.models.transformer import Transformer
+from jdllm.text import ChatTemplate, load_text
 from jdllm.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "arith-llada-tiny"
@@ -38,25 +41,38 @@ class Bundle:
     gen_length: int = 64
     block_length: int = 32
     name: str = "model"  # the model directory's name (bench rows name their model by it)
+    chat_template: ChatTemplate | None = None
+    stop_ids: tuple[int, ...] = ()  # ids that end an answer (EOS, EoT, ...); default: the model's EOS ids
 
     def format_prompt(self, question: str, raw: bool = False) -> str:
-        return question if raw else self.prompt_template.format(question=question.rstrip())
+        """`question` as one user turn of the chat template (else `prompt_template`); `raw`: as is."""
+        if raw:
+            return question
+        if self.chat_template is not None:
+            return self.chat_template.render([{"role": "user", "content": question}], add_generation_prompt=True)
+        return self.prompt_template.format(question=question.rstrip())
+
+    def format_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """A conversation (`[{"role", "content"}, ...]`) rendered by the checkpoint's chat template."""
+        if self.chat_template is None:
+            raise ValueError(f"model {self.name!r} has no chat_template (tokenizer_config.json / chat_template.jinja)")
+        return self.chat_template.render(messages, add_generation_prompt)
 
     def encode_prompt(self, question: str, raw: bool = False) -> list[int]:
         return self.tokenizer.encode(self.format_prompt(question, raw))
 
     def decode_answer(self, tokens) -> str:
-        """Text of the generated tokens up to the first EOS (mask tokens left, if any, are dropped)."""
+        """Text of the generated tokens up to the first stop id (EOS, EoT; mask tokens left, if any, are dropped)."""
         row = [int(t) for t in np.asarray(tokens)]
-        eos = self.model.config.eos_id
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
+        stops = self.stop_ids or self.model.config.eos_ids
+        row = row[: next((i for i, t in enumerate(row) if t in stops), len(row))]
         return self.tokenizer.decode([t for t in row if t != self.model.config.mask_id])
 
 
 def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None, check_finite: bool = False,
                 lora: str | os.PathLike | None = None) -> Bundle:
-    """Load a model directory with its `tokenizer.json` (and `generation_config.json` if present);
+    """Load a model directory with its text side (`jdllm.text.load_text`: tokenizer.json, tokenizer_config.json's
+    chat template and special tokens, generation_config.json);
     `check_finite` and `lora` (a PEFT LoRA adapter directory merged at load) as in `jdllm.load`."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.is_dir():
@@ -64,16 +80,17 @@ def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None,
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"{path} has no tokenizer.json: pass token ids to jdllm.generate instead")
     model = load(path, dtype, check_finite=check_finite, lora=lora)
-    cfg = model.config
-    tokenizer = Tokenizer.from_file(path, mask_id=cfg.mask_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+    text = load_text(path, model.config)
     gen = {}
     if (path / "generation_config.json").exists():
         gen = json.loads((path / "generation_config.json").read_text())
     return Bundle(
         model=model,
-        tokenizer=tokenizer,
+        tokenizer=text.tokenizer,
         prompt_template=gen.get("prompt_template", "{question}"),
         gen_length=int(gen.get("gen_length", 64)),
         block_length=int(gen.get("block_length", 32)),
         name=path.resolve().name,
+        chat_template=text.chat_template,
+        stop_ids=text.stop_ids,
     )

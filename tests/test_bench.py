@@ -197,10 +197,11 @@ def test_format_table_shows_accuracy_speedup_and_setup(report):
     assert " - " in bench.format_table(no_base).splitlines()[2]
 
 
-def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys):
+def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys, caplog):
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     args = argparse.Namespace(model=None, recipes=" vanilla ", n=3, batch_size=2, gen_length=None, repeats=1,
                               seed=0, no_progress=True, out=str(out), plot=str(plot))
+    caplog.set_level("INFO", logger="jdllm")
     assert bench.run_bench_cli(args) == 0
     data = json.loads(out.read_text())
     assert [r["recipe"] for r in data["results"]] == ["vanilla"]
@@ -214,8 +215,13 @@ def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys):
     assert plot.stat().st_size > 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert printed.splitlines()[0].startswith("recipe") and f"wrote {out}" in printed and f"wrote {plot}" in printed
+    assert printed.splitlines()[0].startswith("recipe") and "wrote" not in printed  # the table alone on stdout
+    assert f"wrote {out}" in caplog.messages and f"wrote {plot}" in caplog.messages  # logged, not printed
     assert "bench:" not in captured.err  # --no-progress
+    args.json, args.out, args.plot = True, None, None  # --json: the report itself on stdout, no table
+    assert bench.run_bench_cli(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["results"][0]["recipe"] == "vanilla" and printed["gen_length"] == GEN
 
 
 def test_plot_shows_accuracy_percent_against_tokens_per_s_and_the_front(tmp_path):

@@ -33,9 +33,12 @@ import numpy as np
 
 import jdllm
 from jdllm.bench.flops import measure_matmul_peak
+from jdllm.log import get_logger
 from jdllm.recipes import recipe_kwargs
 from jdllm.shipped import Bundle, load_bundle
 from jdllm.tasks.arithmetic import Problem, make_problems, score
+
+_LOG = get_logger(__name__)
 
 
 def _batches(items: list, size: int) -> list[tuple[list, int]]:
@@ -313,12 +316,15 @@ def run_bench_cli(args) -> int:
                        repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress, models=models)
     if getattr(args, "argv", None) is not None:
         report["command"] = "jdllm " + " ".join(shlex.quote(a) for a in args.argv)
-    print(format_table(report))
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2, default=repr))  # policy objects are written as their repr
+    else:
+        print(format_table(report))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=2, default=repr)  # policy objects are written as their repr
-        print(f"wrote {args.out}")
+            json.dump(report, f, indent=2, default=repr)
+        _LOG.info(f"wrote {args.out}")
     if args.plot:
         plot_pareto(report, args.plot)
-        print(f"wrote {args.plot}")
+        _LOG.info(f"wrote {args.plot}")
     return 0

@@ -66,6 +66,14 @@ def format_prompt(question: str) -> str:
     return question.rstrip() + "\n"
 
 
+# `format_prompt` as a Hugging Face chat template (the shipped model's tokenizer_config.json carries it): a user
+# turn is its text, right-stripped, and one newline; an assistant turn its text and EOS (the model is single-turn).
+CHAT_TEMPLATE = ("{%- for message in messages %}"
+                 "{%- if message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+                 "{%- else %}{{ message['content'].rstrip() + '\\n' }}{%- endif %}"
+                 "{%- endfor %}")
+
+
 def canonical(start: int, ops: list[tuple[str, int]]) -> str:
     """Template-free form of a problem, e.g. "12+7-5"; the train / test split is a hash of it."""
     return str(start) + "".join(f"{op}{n}" for op, n in ops)

@@ -38,6 +38,9 @@ from jdllm.models.transformer import Transformer
 from jdllm.tasks.arithmetic import Problem, format_prompt, score
 from jdllm.tokenizer import Tokenizer, build_char_tokenizer
 from jdllm.weights.hf import save_hf
+from jdllm.log import get_logger
+
+_LOG = get_logger(__name__)
 
 
 # ======================================================================================================= config
@@ -323,7 +326,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     """
     from tqdm.auto import tqdm
 
-    log = log or (lambda s: print(s, flush=True))
+    log = log or _LOG.info
     model = Transformer(model_cfg, rngs=nnx.Rngs(tc.seed))
     graphdef, params = nnx.split(model)
     if tc.init == "gpt2":
@@ -465,7 +468,7 @@ def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 
         out = np.asarray(sampler(params, tb, mb))[:real]
         preds.extend(tokenizer.decode_until_eos(row) for row in out)
         if progress:
-            print(f"  eval {len(preds)}/{n}", flush=True)
+            _LOG.info("  eval %d/%d", len(preds), n)
     acc = float(np.mean([score(pr, p.answer) for pr, p in zip(preds, problems)]))
     return (acc, preds) if return_predictions else acc
 

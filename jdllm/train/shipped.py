@@ -32,6 +32,8 @@ from flax import nnx
 from jdllm.models.config import ModelConfig
 from jdllm.tasks import arithmetic
 from jdllm.weights.hf import load_hf
+from jdllm.log import get_logger
+from jdllm.text import write_tokenizer_config
 from jdllm.train.diffusion import (
     TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft, train)
 
@@ -40,6 +42,8 @@ PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer),
 GEN_LEN = 32  # one block of 32; the longest answer is 27 tokens, the rest is EOS padding
 LONG_GEN_LENGTHS = (64, 128, 256)  # evaluated after the second stage (and recorded in the model card)
 MAX_SEQ_LEN = 2048  # config.json's max_sequence_length: rotary positions, room for gen_length 1024 benchmarks
+
+_LOG = get_logger(__name__)
 
 
 def parse_args(argv=None):
@@ -89,8 +93,8 @@ def main(argv=None):
     data = problems_to_sft(tok, train_problems, PROMPT_LEN, GEN_LEN)
     test_problems = arithmetic.make_problems(args.eval_n, "test", seed=args.seed + 1)
     quick = test_problems[: args.quick_eval_n]
-    print(f"data: {len(data)} train rows of {PROMPT_LEN}+{GEN_LEN} tokens in {time.time() - t_data:.1f}s; "
-          f"{len(test_problems)} held-out problems", flush=True)
+    _LOG.info(f"data: {len(data)} train rows of {PROMPT_LEN}+{GEN_LEN} tokens in {time.time() - t_data:.1f}s; "
+          f"{len(test_problems)} held-out problems")
 
     cfg = ModelConfig(family="llada", vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
                       n_heads=args.n_heads, n_kv_heads=args.n_heads, mlp_hidden_size=args.mlp,
@@ -103,8 +107,7 @@ def main(argv=None):
     def quick_eval(step, model):
         t = time.time()
         acc = evaluate(model, quick, GEN_LEN, 32, tokenizer=tok, batch_size=len(quick), prompt_len=PROMPT_LEN)
-        print(f"  [eval] step {step}: held-out accuracy {acc:.3f} on {len(quick)} ({time.time() - t:.0f}s)",
-              flush=True)
+        _LOG.info(f"  [eval] step {step}: held-out accuracy {acc:.3f} on {len(quick)} ({time.time() - t:.0f}s)")
         return {"quick_acc": acc}
 
     result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=quick_eval if args.eval_every else None,
@@ -128,9 +131,10 @@ def main(argv=None):
     final_loss = last_stage[-1]["loss"] if last_stage else float("nan")
 
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
-               "temperature": 0.0, "prompt_template": "{question}\n", "max_prompt_length": PROMPT_LEN,
+               "temperature": 0.0, "max_prompt_length": PROMPT_LEN,
                "mask_token_id": tok.mask_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     export_llada(result.model, tok, args.out, generation_config=gen_cfg)
+    write_tokenizer_config(args.out, tok, arithmetic.CHAT_TEMPLATE, model_max_length=MAX_SEQ_LEN)
     # Evaluate the exported files (what ships), not the in-memory parameters.
     model = load_hf(args.out, check_finite=True)
     t_eval = time.time()
@@ -139,8 +143,8 @@ def main(argv=None):
     eval_seconds = time.time() - t_eval
     n_params = param_count(model)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 2**20
-    print(f"held-out accuracy {acc:.4f} on {len(test_problems)} problems ({eval_seconds:.0f}s); "
-          f"final loss {final_loss:.4f}; {n_params} parameters, {size_mb:.2f} MiB", flush=True)
+    _LOG.info(f"held-out accuracy {acc:.4f} on {len(test_problems)} problems ({eval_seconds:.0f}s); "
+          f"final loss {final_loss:.4f}; {n_params} parameters, {size_mb:.2f} MiB")
     lib_acc = None if args.skip_library_eval else library_accuracy(args.out, test_problems)
     long_acc = {}
     if args.long_steps and args.long_eval_n:
@@ -148,8 +152,8 @@ def main(argv=None):
             t = time.time()
             long_acc[g] = evaluate(model, test_problems[: args.long_eval_n], g, 32, tokenizer=tok,
                                    batch_size=args.long_eval_n, prompt_len=PROMPT_LEN)
-            print(f"gen_length {g}: held-out accuracy {long_acc[g]:.4f} on {args.long_eval_n} "
-                  f"({time.time() - t:.0f}s)", flush=True)
+            _LOG.info(f"gen_length {g}: held-out accuracy {long_acc[g]:.4f} on {args.long_eval_n} "
+                  f"({time.time() - t:.0f}s)")
     examples = [(p.question, pr, p.answer) for p, pr in zip(test_problems[:5], preds[:5])]
     write_card(args, cfg, tc, history, final_loss, acc, lib_acc, len(test_problems), n_params, size_mb,
                total_seconds, eval_seconds, examples, long_tc, long_history, long_acc)
@@ -208,8 +212,7 @@ def library_accuracy(out_dir: str, problems, batch_size: int = 100):
                              prompt_length=PROMPT_LEN)
         right += sum(arithmetic.score(bundle.decode_answer(row), p.answer) for row, p in zip(out.tokens, chunk))
     acc = right / len(problems)
-    print(f"jdllm.generate: held-out accuracy {acc:.4f} on {len(problems)} problems ({time.time() - t:.0f}s)",
-          flush=True)
+    _LOG.info(f"jdllm.generate: held-out accuracy {acc:.4f} on {len(problems)} problems ({time.time() - t:.0f}s)")
     return acc
 
 

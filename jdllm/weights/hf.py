@@ -140,9 +140,22 @@ def _attention_keys(cfg: ModelConfig) -> dict[str, Any]:
     return {"attention": cfg.attention, "attention_block_size": cfg.attention_block_size}
 
 
+# `auto_map` of the official checkpoints, pointing at their repositories' modeling code ("repo--module.Class", how
+# transformers names remote code kept in another repository), so `AutoModel.from_pretrained(dir,
+# trust_remote_code=True)` loads an exported directory with the code the family was published with.
+AUTO_MAP = {
+    "llada": {"AutoConfig": "GSAI-ML/LLaDA-8B-Instruct--configuration_llada.LLaDAConfig",
+              "AutoModel": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM",
+              "AutoModelForCausalLM": "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM"},
+    "dream": {"AutoConfig": "Dream-org/Dream-v0-Instruct-7B--configuration_dream.DreamConfig",
+              "AutoModel": "Dream-org/Dream-v0-Instruct-7B--modeling_dream.DreamModel"},
+}
+
+
 def hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The family's own `config.json` for `cfg` (LLaDA or Qwen2/Dream keys, plus `_attention_keys`)."""
-    return {**_family_config(cfg), **_attention_keys(cfg)}
+    """The family's own `config.json` for `cfg` (LLaDA or Qwen2/Dream keys with `model_type` and `auto_map`, plus
+    `_attention_keys`)."""
+    return {**_family_config(cfg), "auto_map": AUTO_MAP[cfg.family], **_attention_keys(cfg)}
 
 
 def _family_config(cfg: ModelConfig) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
 raw bytes. Reading through `np.memmap` is lazy: a caller can slice a tensor (for sharded loading) without
-reading the whole of it. The `safetensors` package's numpy backend cannot hold bfloat16, hence this module.
+reading the whole of it. The `safetensors` package's numpy backend cannot hold bfloat16, hence this module (and
+no runtime dependency on that package; the tests check files both ways against it).
 """
 
 from __future__ import annotations
