@@ -157,3 +157,16 @@ def test_shipped_student_answers_readme_prompt():
     out = jdllm.generate(b.model, [b.encode_prompt(q)], gen_length=32, recipe="d2f", block_length=BS)
     assert b.decode_answer(out.tokens[0]).endswith("#### 14")
     assert out.nfe[0] < 32  # the pipeline commits several tokens per forward
+
+
+def test_cli_dispatches_train_d2f(capsys):
+    from jdllm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "d2f", "--help"])
+    assert e.value.code == 0 and "jdllm train d2f" in capsys.readouterr().out
+
+
+def test_load_bundle_unknown_name():
+    with pytest.raises(FileNotFoundError, match="arith-llada-tiny-d2f"):
+        load_bundle("no-such-model")

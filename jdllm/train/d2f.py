@@ -381,7 +381,7 @@ depend only on earlier blocks, they are exact in a KV cache (`cache="exact"`), a
 earlier ones finish (`schedule=Pipelined(...)`, recipe `d2f`).
 
 ## Result
-500 held-out problems (`make_problems({args.eval_n}, split="test", seed=1)`), prompt region {PROMPT_LEN},
+{args.eval_n} held-out problems (`make_problems({args.eval_n}, split="test", seed=1)`), prompt region {PROMPT_LEN},
 `gen_length={GEN_LEN}`, accuracy = exact answer after `####`; NFE = forward evaluations per problem:
 
 | model | decoding | accuracy | NFE | seconds (CPU, batches of 100) |
