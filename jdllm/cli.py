@@ -294,12 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "jdllm_arith --include_path jdllm/eval/tasks); needs the `eval` extra")
 
     # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
-    sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help)")
+    sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help); "
+                                 "`jdllm train d2f`: distil its block-causal D2F student (jdllm train d2f --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["train", "d2f"]:  # D2F distillation of the shipped model (its own parser, --help included)
+        from jdllm.train.d2f import main as d2f_main
+
+        d2f_main(argv[2:])
+        return 0
     if argv[:1] == ["eval"]:  # hand every option to lm-evaluation-harness's parser (--help included)
         try:
             from jdllm.eval.harness import main as eval_main

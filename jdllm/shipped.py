@@ -33,6 +33,11 @@ def default_model_dir() -> Path:
     return assets_dir() / DEFAULT_MODEL
 
 
+def shipped_models() -> list[str]:
+    """Names of the model directories shipped in `jdllm/assets/models` (loadable by name with `load_bundle`)."""
+    return sorted(p.name for p in assets_dir().iterdir() if (p / "config.json").exists())
+
+
 @dataclasses.dataclass
 class Bundle:
     model: Transformer
@@ -72,11 +77,14 @@ class Bundle:
 def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None, check_finite: bool = False,
                 lora: str | os.PathLike | None = None) -> Bundle:
     """Load a model directory with its text side (`jdllm.text.load_text`: tokenizer.json, tokenizer_config.json's
-    chat template and special tokens, generation_config.json);
+    chat template and special tokens, generation_config.json), or a shipped model by name (`shipped_models()`,
+    e.g. "arith-llada-tiny-d2f"); default: the shipped default model;
     `check_finite` and `lora` (a PEFT LoRA adapter directory merged at load) as in `jdllm.load`."""
     path = Path(path) if path is not None else default_model_dir()
+    if not path.is_dir() and str(path) in shipped_models():
+        path = assets_dir() / str(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no model directory at {path}")
+        raise FileNotFoundError(f"no model directory at {path} (shipped models by name: {shipped_models()})")
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"{path} has no tokenizer.json: pass token ids to jdllm.generate instead")
     model = load(path, dtype, check_finite=check_finite, lora=lora)
