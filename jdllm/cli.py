@@ -1,4 +1,4 @@
-"""`jdllm generate | bench | convert | recipes | train`."""
+"""`jdllm generate | bench | convert | recipes | serve | train`."""
 
 from __future__ import annotations
 
@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recipes", help="list the pinned decoding recipes")
     r.set_defaults(func=cmd_recipes)
+
+    from jdllm.serve.command import add_serve_args, cmd_serve
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server, continuous batching at block granularity")
+    add_serve_args(s, positive_int)
+    s.set_defaults(func=cmd_serve)
 
     # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
     sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help)")
