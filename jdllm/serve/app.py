@@ -7,8 +7,6 @@ frees its slot at the next block boundary; on SIGINT / SIGTERM uvicorn stops acc
 requests in flight finish, then the engine thread ends.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import json
