@@ -104,7 +104,7 @@ def test_engine_matches_generate_with_staggered_admission_and_sampling(bundle, p
 def test_engine_matches_generate_exact_cache_pipeline(bundle, prompts):
     """D2F: exact block-causal cache + pipelined schedule; new rows prefill alone while the others are frozen."""
     model = jdllm.as_block_causal(bundle.model)
-    settings = resolve_settings(model.config, ServeDefaults(), max_tokens=64, recipe="d2f", block_length=16)
+    settings = resolve_settings(model.config, ServeDefaults(), max_tokens=64, recipe="d2f", block_length=8)
     _check_against_generate(model, bundle, prompts[:3], settings, slots=2, late=1)
 
 
