@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from typing import AsyncIterator
@@ -181,7 +182,7 @@ def create_app(bundle, engine: Engine, defaults: ServeDefaults, model_name: str 
             rid, queue = runner.submit(ids, settings, parsed.seed)
         except (ValueError, TypeError, KeyError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            field = next((f for f in ("max_tokens", *parsed.decode, "seed", "prompt") if str(message).startswith(f)), None)
+            field = _field_named(str(message), ("max_tokens", *parsed.decode, "prompt"))
             code = "context_length_exceeded" if "maximum length" in str(message) else None
             raise RequestError(str(message), param=field, code=code) from None
         return parsed, ids, rid, queue
@@ -285,6 +286,12 @@ def create_app(bundle, engine: Engine, defaults: ServeDefaults, model_name: str 
         return PlainTextResponse(metrics.render(runner.engine), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _field_named(message: str, fields) -> str | None:
+    """The request field a validation message talks about first (its `param` in the error body)."""
+    found = [(m.start(), f) for f in fields for m in [re.search(rf"\b{re.escape(f)}\b", message)] if m]
+    return min(found)[1] if found else None
 
 
 def _sse(obj: dict) -> str:
