@@ -157,11 +157,11 @@ def test_a_client_leaving_mid_stream_frees_its_slot(server):
     deadline = time.time() + 20
     while time.time() < deadline:
         m = _metrics(base)
-        if m['jdllm_requests_total{status="cancelled"}'] == before['jdllm_requests_total{status="cancelled"}'] + 1 \
-                and m["jdllm_slots_busy"] == 0:
+        if m["jdllm_dropped_total"] == before["jdllm_dropped_total"] + 1 and m["jdllm_slots_busy"] == 0:
             break
         time.sleep(0.1)
     assert m['jdllm_requests_total{status="cancelled"}'] == before['jdllm_requests_total{status="cancelled"}'] + 1
+    assert m["jdllm_dropped_total"] == before["jdllm_dropped_total"] + 1  # the engine took it out of its slot
     assert m["jdllm_slots_busy"] == 0 and m['jdllm_requests_total{status="ok"}'] == before['jdllm_requests_total{status="ok"}']
 
 

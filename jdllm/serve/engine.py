@@ -242,6 +242,7 @@ class Engine:
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self.decode_seconds = 0.0  # time spent in compiled block calls (compiles included)
+        self.dropped = 0  # cancelled requests taken out of the queue or out of their slot
 
     # ---------------------------------------------------------------- requests
     def prompt_width(self, n_tokens: int, gen_length: int) -> int:
@@ -294,12 +295,14 @@ class Engine:
     def _take_cancellations(self) -> None:
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
-            self._queue = deque(r for r in self._queue if r.rid not in cancelled)
+            kept = deque(r for r in self._queue if r.rid not in cancelled)
+            self.dropped += len(self._queue) - len(kept)
+            self._queue = kept
         for lane in self._lanes.values():
             for i, r in enumerate(lane.rows):
                 if r is not None and r.rid in cancelled:
                     lane.rows[i], lane.changed = None, True
-            lane.pending = [r for r in lane.pending if r.rid not in cancelled]
+                    self.dropped += 1
 
     def _admit(self) -> None:
         while True:
