@@ -1,4 +1,4 @@
-"""`jdllm generate | chat | bench | convert | recipes | eval | train`."""
+"""`jdllm generate | chat | bench | convert | recipes | eval | serve | train`."""
 
 from __future__ import annotations
 
@@ -292,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="lm-evaluation-harness with jdllm's model registered as `jdllm`: takes lm_eval's "
                                 "options (jdllm eval --model jdllm --model_args pretrained=DIR,recipe=NAME --tasks "
                                 "jdllm_arith --include_path jdllm/eval/tasks); needs the `eval` extra")
+
+    from jdllm.serve.command import add_serve_args, cmd_serve
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server, continuous batching at block granularity")
+    add_serve_args(s, positive_int)
+    s.set_defaults(func=cmd_serve)
 
     # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
     sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help); "
