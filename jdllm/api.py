@@ -188,7 +188,8 @@ def _applies_recipe(fn):
 
         gen_length = given.get("gen_length", signature.parameters["gen_length"].default)
         fixed = {k: given.pop(k) for k in ("model", "prompts")}
-        kwargs = recipe_kwargs(recipe, gen_length, model_config=fixed["model"].config)
+        block = given.get("block_length") if "schedule" not in given else None
+        kwargs = recipe_kwargs(recipe, gen_length, model_config=fixed["model"].config, block_length=block)
         return fn(**fixed, **merge_recipe(kwargs, given))
 
     return wrapper

@@ -81,11 +81,13 @@ def build_policy(spec: dict, values: dict[str, Any]):
     return POLICIES[spec["name"]](**kwargs)
 
 
-def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = None, model_config=None) -> dict[str, Any]:
+def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = None, model_config=None,
+                  block_length: int | None = None) -> dict[str, Any]:
     """`jdllm.generate` keyword arguments of recipe `name` for a given gen_length.
 
     A recipe with a `policy:` mapping returns a built `policy` object (jdllm.generate's `policy=`);
     `model_config` (the model's ModelConfig) supplies the `vocab_size` / `mask_id` placeholders some need.
+    `block_length` (a caller's) replaces the recipe's before its policy / schedule objects are built.
     """
     recipes = load_recipes(path)
     if name not in recipes:
@@ -93,7 +95,8 @@ def recipe_kwargs(name: str, gen_length: int, path: str | os.PathLike | None = N
     kw = {k: v for k, v in recipes[name].items() if k != "source"}
     if kw.get("steps") == "gen_length":
         kw["steps"] = gen_length
-    kw["block_length"] = min(kw.get("block_length", gen_length), gen_length)
+    kw["block_length"] = block_length if block_length is not None else min(kw.get("block_length", gen_length),
+                                                                           gen_length)
     if "policy" in kw:
         steps = kw.get("steps", gen_length)
         n_blocks = max(gen_length // kw["block_length"], 1)

@@ -186,3 +186,14 @@ def test_pipeline_with_the_exact_cache_on_a_mesh_gives_one_devices_tokens(block_
     got = jdllm.generate(model, PROMPTS + PROMPTS[:1], mesh=jax.make_mesh((2, 4), ("data", "tensor")), **kw)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.nfe, want.nfe)
+
+
+def test_recipe_built_at_the_callers_block_length():
+    """A caller's block_length reaches the recipe's schedule / policy objects before they are built (d2f's block
+    32 does not divide gen_length 48; 16 does)."""
+    from jdllm.recipes import recipe_kwargs
+
+    kw = recipe_kwargs("d2f", 48, block_length=16)
+    assert kw["schedule"].block_length == 16 and kw["schedule"].gen_length == 48
+    frechet = recipe_kwargs("frechet_prefix", 48, block_length=16)
+    assert frechet["block_length"] == 16 and getattr(frechet["policy"], "block_length", 16) == 16
