@@ -168,12 +168,19 @@ def create_app(bundle, engine: Engine, defaults: ServeDefaults, model_name: str 
         metrics.requests["rejected"] += 1
         return JSONResponse(err.body(), status_code=err.status)
 
+    def render_chat(messages: list[dict]) -> str:
+        """The checkpoint's chat template; a model without one: the turns' text joined by newlines in its
+        prompt template."""
+        if bundle.chat_template is not None:
+            return bundle.format_chat(messages)
+        return bundle.prompt_template.format(question="\n".join(m["content"] for m in messages).rstrip())
+
     async def prepare(request: Request, kind: str):
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(f"the body is not valid JSON: {e}") from None
-        parsed = parse_completion(body) if kind == "completion" else parse_chat(body, bundle.prompt_template)
+        parsed = parse_completion(body) if kind == "completion" else parse_chat(body, render_chat)
         if parsed.model is not None and parsed.model != name:
             raise RequestError(f"model {parsed.model!r} is not served here; this server serves {name!r}",
                                param="model", status=404, code="model_not_found")

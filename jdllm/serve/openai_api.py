@@ -134,9 +134,9 @@ def _content(message: dict, i: int) -> str:
     return content
 
 
-def parse_chat(body: Any, template: str) -> ParsedRequest:
-    """Chat request; the messages are rendered with the model's prompt template (`{question}`): the contents of
-    the system / user / assistant messages joined by newlines, the last message being the user's."""
+def parse_chat(body: Any, render) -> ParsedRequest:
+    """Chat request; `render(messages)` turns the checked `[{role, content}]` list (the last message the user's)
+    into the prompt text (the app renders it with the checkpoint's chat template, see `jdllm.text`)."""
     body = _check_fields(body, CHAT_FIELDS)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -154,7 +154,8 @@ def parse_chat(body: Any, template: str) -> ParsedRequest:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if body.get("max_completion_tokens") is not None and body.get("max_tokens") is not None:
         raise RequestError("give max_tokens or max_completion_tokens, not both", param="max_tokens")
-    return _common(body, "chat", template.format(question="\n".join(parts).rstrip()), max_tokens)
+    turns = [{"role": m["role"], "content": text} for m, text in zip(messages, parts)]
+    return _common(body, "chat", render(turns), max_tokens)
 
 
 def hold_back(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
