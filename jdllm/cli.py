@@ -129,14 +129,16 @@ def _enable_compile_cache(args) -> None:
 def _decode_kwargs(args, gen_length: int, model_config) -> dict:
     from jdllm.recipes import recipe_kwargs
 
-    kw = recipe_kwargs(args.recipe, gen_length, model_config=model_config) if args.recipe else {"block_length": min(32, gen_length), "steps": gen_length}
-    for name in ("block_length", "steps", "threshold", "factor", "temperature", "remasking"):
-        value = getattr(args, name)
-        if value is not None:
-            kw[name] = value
+    given = {name: getattr(args, name) for name in ("block_length", "steps", "threshold", "factor", "temperature",
+                                                     "remasking") if getattr(args, name) is not None}
     if args.cache is not None:
-        kw["cache"] = None if args.cache == "none" else args.cache
-    return kw
+        given["cache"] = None if args.cache == "none" else args.cache
+    if not args.recipe:
+        return {"block_length": min(32, gen_length), "steps": gen_length, **given}
+    from jdllm.recipes import merge_recipe
+
+    recipe = recipe_kwargs(args.recipe, gen_length, model_config=model_config, block_length=given.get("block_length"))
+    return merge_recipe(recipe, given)  # an option replaces the recipe's choice for its axis, as generate(recipe=)
 
 
 def _format_prompts(bundle, args) -> list[str]:

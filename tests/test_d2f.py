@@ -197,3 +197,14 @@ def test_recipe_built_at_the_callers_block_length():
     assert kw["schedule"].block_length == 16 and kw["schedule"].gen_length == 48
     frechet = recipe_kwargs("frechet_prefix", 48, block_length=16)
     assert frechet["block_length"] == 16 and getattr(frechet["policy"], "block_length", 16) == 16
+
+
+def test_cli_recipe_with_an_option_that_retunes_its_schedule(capsys):
+    """`jdllm generate --recipe d2f --block-length 16` keeps d2f's pipeline at blocks of 16 (the shipped
+    student, by name)."""
+    from jdllm.cli import main
+
+    question = "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
+    assert main(["generate", "--model", "arith-llada-tiny-d2f", "--recipe", "d2f", "--block-length", "16",
+                 "--gen-length", "64", question]) == 0
+    assert capsys.readouterr().out.strip().endswith("#### 14")
