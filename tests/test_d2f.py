@@ -208,3 +208,21 @@ def test_cli_recipe_with_an_option_that_retunes_its_schedule(capsys):
     assert main(["generate", "--model", "arith-llada-tiny-d2f", "--recipe", "d2f", "--block-length", "16",
                  "--gen-length", "64", question]) == 0
     assert capsys.readouterr().out.strip().endswith("#### 14")
+
+
+@pytest.mark.parametrize("policy_name", ["frechet", "r2", "topk"])
+def test_other_policies_decide_the_pipelines_block_commits(policy_name, block_causal):
+    """Any commit policy runs per block of the pipeline's window (Fréchet must work): it finishes, leaves no
+    mask, and the exact cache still equals a full forward every step."""
+    from jdllm.decode.policies import R2, Frechet, TopK
+
+    model, _ = block_causal["llada"]
+    policy = {"frechet": Frechet(delta=0.25), "r2": R2(),
+              "topk": TopK(block_length=BLOCK, steps_per_block=2)}[policy_name]
+    sched = Pipelined(GEN, BLOCK, max_blocks_in_flight=2, eos_early_stop=False, **D2F_SCHED)
+    want = jdllm.generate(model, PROMPTS, gen_length=GEN, policy=policy, schedule=sched, steps=2 * GEN // BLOCK)
+    got = jdllm.generate(model, PROMPTS, gen_length=GEN, policy=policy, schedule=sched, steps=2 * GEN // BLOCK,
+                         cache="exact")
+    assert not (got.tokens == model.config.mask_id).any()
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.nfe, want.nfe)
