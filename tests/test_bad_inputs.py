@@ -174,7 +174,7 @@ CLI_CASES = [
     (["generate", "1+1", "--threshold", "1.5"], r"threshold must lie in \(0, 1\]"),
     (["generate", "1+1", "--gen-length", "32", "--block-length", "5"], "not divisible by block_length=5"),
     (["generate", "1+1", "--recipe", "nope"], "unknown recipe 'nope'"),
-    (["generate", "1+1", "--recipe", "frechet_prefix", "--threshold", "0.9"], "threshold would be ignored"),
+    (["generate", "1+1", "--recipe", "d2f"], "cache='exact' needs a block-causal model"),
     (["generate", "1+1", "--model", "/nonexistent/model"], "no model directory at /nonexistent/model"),
     (["bench", "--n", "0"], "argument --n: must be >= 1, got 0"),
     (["bench", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
