@@ -95,13 +95,18 @@ def save(model: Transformer, path: str | os.PathLike, format: str = "orbax") -> 
         raise ValueError(f"format must be 'orbax' or 'hf', got {format!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _forward(graphdef, params, tokens, attention_mask):
-    return nnx.merge(graphdef, params)(tokens, attention_mask)
+@functools.partial(jax.jit, static_argnames=("graphdef", "prompt_len", "block_size"))
+def _forward(graphdef, params, tokens, attention_mask, prompt_len=None, block_size=None):
+    return nnx.merge(graphdef, params)(tokens, attention_mask, prompt_len=prompt_len, block_size=block_size)
 
 
-def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
-    """Raw logits [B, L, V] in float32 (never shifted), for research code and parity checks."""
+def forward(model: Transformer, tokens, attention_mask=None, prompt_len: int | None = None,
+            block_size: int | None = None) -> jax.Array:
+    """Raw logits [B, L, V] in float32 (never shifted), for research code and parity checks.
+
+    A block-causal model (D2F) needs `prompt_len` (the width of the prompt region: block 0) and takes its
+    training `block_size` unless given; a bidirectional model given both runs under that block-causal mask
+    (`Transformer.__call__`)."""
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise TypeError(f"tokens must hold int token ids, got dtype {tokens.dtype}")
@@ -110,7 +115,7 @@ def forward(model: Transformer, tokens, attention_mask=None) -> jax.Array:
         raise ValueError(f"tokens must be [B, L], got shape {tokens.shape}")
     mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
     graphdef, params = nnx.split(model)
-    return _forward(graphdef, params, tokens, mask)
+    return _forward(graphdef, params, tokens, mask, prompt_len, block_size)
 
 
 @dataclasses.dataclass

@@ -226,3 +226,19 @@ def test_other_policies_decide_the_pipelines_block_commits(policy_name, block_ca
     assert not (got.tokens == model.config.mask_id).any()
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_array_equal(got.nfe, want.nfe)
+
+
+def test_forward_of_a_block_causal_model(block_causal):
+    """`jdllm.forward` passes prompt_len / block_size through: a block-causal model's logits of the first
+    generation block do not depend on later tokens."""
+    model, _ = block_causal["llada"]
+    tokens = np.asarray([PROMPTS[1] + [5] * GEN])
+    other = tokens.copy()
+    other[0, len(PROMPTS[1]) + BLOCK:] = 9
+    a = np.asarray(jdllm.forward(model, tokens, prompt_len=len(PROMPTS[1])))
+    b = np.asarray(jdllm.forward(model, other, prompt_len=len(PROMPTS[1])))
+    first = slice(0, len(PROMPTS[1]) + BLOCK)
+    np.testing.assert_array_equal(a[0, first], b[0, first])
+    assert not np.array_equal(a[0, first.stop:], b[0, first.stop:])
+    with pytest.raises(ValueError, match="pass prompt_len"):
+        jdllm.forward(model, tokens)
