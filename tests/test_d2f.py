@@ -242,3 +242,17 @@ def test_forward_of_a_block_causal_model(block_causal):
     assert not np.array_equal(a[0, first.stop:], b[0, first.stop:])
     with pytest.raises(ValueError, match="pass prompt_len"):
         jdllm.forward(model, tokens)
+
+
+def test_pipelined_restrict_semi_blocks_strictly_above_tau_conf():
+    """D2F's semi-activated blocks commit only confidences strictly above tau_conf (the reference's `>`); fully
+    activated blocks keep the policy's choice; absent slots commit nothing."""
+    import jax.numpy as jnp
+
+    from jdllm.decode.schedules import ABSENT, FULL, SEMI
+
+    sched = Pipelined(12, 2, max_blocks_in_flight=2, skip_threshold=0.75)  # 3 slots of 2; 0.75 exact in float32
+    commit = jnp.ones((1, 6), bool)
+    conf = jnp.asarray([[0.75, 0.95, 0.75, 0.76, 0.99, 0.99]], jnp.float32)
+    got = sched.restrict(commit, conf, jnp.asarray([[FULL, SEMI, ABSENT]]))
+    np.testing.assert_array_equal(np.asarray(got), [[True, True, False, True, False, False]])
