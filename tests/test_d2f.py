@@ -256,3 +256,37 @@ def test_pipelined_restrict_semi_blocks_strictly_above_tau_conf():
     conf = jnp.asarray([[0.75, 0.95, 0.75, 0.76, 0.99, 0.99]], jnp.float32)
     got = sched.restrict(commit, conf, jnp.asarray([[FULL, SEMI, ABSENT]]))
     np.testing.assert_array_equal(np.asarray(got), [[True, True, False, True, False, False]])
+
+
+def test_pipelined_state_machine_by_hand():
+    """Three hand-made steps of one row (blocks of 2, mask 9, EOS 7): block 0 finishes and block 1 is added;
+    block 0 retires one step later (the window moves, `moved` and `steps_since_move` reset) while EOS committed in
+    block 1 stops growth; the row is done when its added blocks are complete, with an EOS stop."""
+    import jax.numpy as jnp
+
+    from jdllm.decode.schedules import ABSENT, FULL
+
+    sched = Pipelined(8, 2, max_blocks_in_flight=2, block_add_threshold=0.5, decoded_token_threshold=1.0)
+    live = jnp.ones((1,), bool)
+    state = sched.init(1)
+
+    def step(before, after):
+        nonlocal state
+        view = sched.window(state)
+        state, done, stop = sched.advance(state, view, jnp.asarray([before]), jnp.asarray([after]), live, 9, (7,))
+        return view, bool(done[0]), bool(stop[0])
+
+    view, done, stop = step([9, 9, 9, 9, 9, 9], [5, 6, 9, 9, 9, 9])
+    assert view.stage.tolist() == [[FULL, ABSENT, ABSENT]] and int(view.start[0]) == 0
+    assert (int(state["first"][0]), int(state["added"][0]), bool(state["moved"][0])) == (0, 2, False)
+    assert int(state["since_move"][0]) == 1 and not done
+
+    view, done, stop = step([5, 6, 9, 9, 9, 9], [5, 6, 7, 9, 9, 9])
+    assert view.stage.tolist() == [[FULL, FULL, ABSENT]]
+    assert (int(state["first"][0]), int(state["added"][0]), bool(state["eos"][0])) == (1, 2, True)
+    assert bool(state["moved"][0]) and int(state["since_move"][0]) == 0 and not done
+
+    view, done, stop = step([7, 9, 9, 9, 9, 9], [7, 8, 9, 9, 9, 9])
+    assert int(view.start[0]) == 2 and view.block_id.tolist() == [[1, 2, 3]]
+    assert not bool(state["moved"][0]) and int(state["added"][0]) == 2
+    assert done and stop
