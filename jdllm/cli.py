@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
 
         d2f_main(argv[2:])
         return 0
+    if argv[:2] == ["train", "words"]:  # the word-problem model (its own parser, --help included)
+        from jdllm.train.words import main as words_main
+
+        configure_logging(0)
+        words_main(argv[2:])
+        return 0
     if argv[:1] == ["eval"]:  # hand every option to lm-evaluation-harness's parser (--help included)
         try:
             from jdllm.eval.harness import main as eval_main
