@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
-    sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help); "
-                                 "`jdllm train d2f`: distil its block-causal D2F student (jdllm train d2f --help)")
+    sub.add_parser("train", help="retrain the shipped model into ./runs (options: jdllm train --help); "
+                                 "`jdllm train d2f`: distil its block-causal D2F student (jdllm train d2f --help); "
+                                 "`jdllm train words --out DIR`: the word-problem model (jdllm train words --help)")
     return parser
 
 
