@@ -172,6 +172,11 @@ def cmd_generate(args) -> int:
     out = jdllm.generate(bundle.model, ids, gen_length=gen_length, seed=args.seed, **kw)
     elapsed = time.perf_counter() - t0
     answers = [bundle.decode_answer(row) for row in out.tokens]
+    if not args.raw:
+        for q, prompt_ids, answer in zip(args.prompt, ids, answers):
+            problem = bundle.out_of_form(prompt_ids, answer)
+            if problem is not None:
+                print(f"jdllm generate: warning: {q[:60]!r}: {problem}", file=sys.stderr)
     for q, nfe in zip(args.prompt, out.nfe):
         _LOG.debug(f"[{q[:40]!r}: nfe={int(nfe)}, gen_length={gen_length}, {elapsed:.2f}s incl. compile]")
     if args.json:

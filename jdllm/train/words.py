@@ -34,6 +34,7 @@ PROMPT_LEN = 96  # question + newline (<= 91 tokens, `word_problems.MAX_QUESTION
 GEN_LEN = 64  # two blocks of 32; the longest chain is 62 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
+ANSWER_PATTERN = r"^(\d+[-+*/]\d+=\d+\. )+#### \d+$"  # generation_config.json: what every trained answer looks like
 
 _LOG = get_logger(__name__)
 
@@ -100,7 +101,7 @@ def main(argv=None):
                    callback_every=args.eval_every, stop_at=args.stop_at)
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
-               "temperature": 0.0, "max_prompt_length": PROMPT_LEN,
+               "temperature": 0.0, "max_prompt_length": PROMPT_LEN, "answer_pattern": ANSWER_PATTERN,
                "mask_token_id": tok.mask_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     export_llada(result.model, tok, args.out, generation_config=gen_cfg)
     write_tokenizer_config(args.out, tok, word_problems.CHAT_TEMPLATE, model_max_length=MAX_SEQ_LEN)
@@ -113,7 +114,9 @@ def main(argv=None):
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 2**20
     _LOG.info(f"held-out accuracy {acc:.4f} on {len(test_problems)} ({eval_seconds:.0f}s); per frame {per_frame}; "
               f"{param_count(model)} parameters, {size_mb:.2f} MiB")
+    first50 = [word_problems.score(pr, p.answer) for pr, p in zip(preds[:50], test_problems[:50])]
     report = {"step": result.step, "steps": tc.steps, "accuracy": acc, "n": len(test_problems),
+              "accuracy_first50": sum(first50) / len(first50),
               "per_frame_accuracy_n100": per_frame, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
               "examples": [{"question": p.question, "generated": pr, "gold": p.answer}
                            for p, pr in zip(test_problems[:8], preds[:8])]}
