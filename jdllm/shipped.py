@@ -7,7 +7,8 @@ EOS ids) is read by `jdllm.text.load_text`. A prompt is formatted with the chat 
 a directory without one may give `prompt_template` (containing `{question}`) in `generation_config.json`, else
 text is fed as is. `generation_config.json` may also set `gen_length` and `block_length`, and, for honest edges,
 `max_prompt_length` (the trained prompt region) and `answer_pattern` (a regex every trained answer matches):
-`Bundle.out_of_form` names an answer that falls outside them.
+`Bundle.out_of_form` names an answer that falls outside them; `task` names the `jdllm.tasks` generator the
+model was trained on (default "arithmetic"), whose held-out problems `jdllm bench` uses.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Bundle:
     stop_ids: tuple[int, ...] = ()  # ids that end an answer (EOS, EoT, ...); default: the model's EOS ids
     max_prompt_length: int | None = None  # longest prompt (tokens) the model was trained on, if it says
     answer_pattern: str | None = None  # a regex every trained answer matches (e.g. "#### -?\\d+"), if it says
+    task: str = "arithmetic"  # the `jdllm.tasks` generator the model was trained on (bench / eval problems)
 
     def out_of_form(self, prompt_ids: list[int], answer: str) -> str | None:
         """Why an answer should not be trusted (None when nothing is wrong that can be seen): the prompt is longer
@@ -121,4 +123,5 @@ def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None,
         stop_ids=text.stop_ids,
         max_prompt_length=gen.get("max_prompt_length"),
         answer_pattern=gen.get("answer_pattern"),
+        task=gen.get("task", "arithmetic"),
     )

@@ -36,7 +36,8 @@ from jdllm.bench.flops import measure_matmul_peak
 from jdllm.log import get_logger
 from jdllm.recipes import recipe_kwargs
 from jdllm.shipped import Bundle, load_bundle
-from jdllm.tasks.arithmetic import Problem, make_problems, score
+from jdllm.tasks import task_module
+from jdllm.tasks.arithmetic import Problem, score
 
 _LOG = get_logger(__name__)
 
@@ -132,7 +133,7 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
     if n < 1 or batch_size < 1 or repeats < 1 or not recipes:
         raise ValueError(f"n, batch_size and repeats must be >= 1 and recipes non-empty, got n={n}, "
                          f"batch_size={batch_size}, repeats={repeats}, recipes={list(recipes)}")
-    problems = make_problems(n, split="test", seed=seed)
+    problems = task_module(bundle.task).make_problems(n, split="test", seed=seed)
     rows = []
     progress = None
     if show_progress:
@@ -163,7 +164,7 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "model": bundle.model.config.to_dict(),
-        "task": {"name": "arithmetic", "split": "test", "n": n, "seed": seed},
+        "task": {"name": bundle.task, "split": "test", "n": n, "seed": seed},
         "gen_length": gen_length,
         "batch_size": batch_size,
         "repeats": repeats,

@@ -102,6 +102,7 @@ def main(argv=None):
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "max_prompt_length": PROMPT_LEN, "answer_pattern": ANSWER_PATTERN,
+               "task": "word_problems",
                "mask_token_id": tok.mask_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     export_llada(result.model, tok, args.out, generation_config=gen_cfg)
     write_tokenizer_config(args.out, tok, word_problems.CHAT_TEMPLATE, model_max_length=MAX_SEQ_LEN)
