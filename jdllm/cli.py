@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="write the JSON report here (default: not written)")
     b.add_argument("--plot", default=None, help="write an accuracy-vs-tokens/s Pareto PNG here (default: none)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead of --recipes: each policy over a grid of its main knob, accuracy vs NFE / tokens/s "
+                        "curves and one area score per policy (jdllm.bench.sweep); --out defaults to "
+                        "benchmarks/results/sweep_cpu_<model>.json")
+    b.add_argument("--policies", default="all",
+                   help="--sweep: comma-separated policies of jdllm.bench.sweep.GRIDS, or 'all'")
     _add_json_flag(b, "the report (instead of the table)")
     _add_cache_flag(b)
     _add_log_flags(b)

@@ -66,3 +66,48 @@ def test_generate_warns_on_stderr_and_exits_zero(capsys):
     assert main(["generate", "-q", q + " " + q]) == 0
     captured = capsys.readouterr()
     assert "jdllm generate: warning:" in captured.err and "more than the 32" in captured.err
+
+
+# ------------------------------------------------------------------------------------------- bench --sweep
+def _dense_area(tpf, acc, floor):
+    """Reference: the piecewise-linear curve sampled densely, clipped at the floor, integrated (numpy only)."""
+    order = np.argsort(tpf, kind="stable")
+    x, y = np.asarray(tpf, float)[order], np.asarray(acc, float)[order]
+    grid = np.linspace(x[0], x[-1], 200_001)
+    above = np.clip(np.interp(grid, x, y) - floor, 0, None)
+    return float(np.sum((above[1:] + above[:-1]) / 2 * np.diff(grid)))
+
+
+@pytest.mark.parametrize("tpf,acc", [([1, 2, 4], [90, 89, 60]), ([1, 1.5, 3, 6], [80, 82, 70, 90]),
+                                     ([1, 2], [50, 10])])
+def test_sweep_area_matches_its_definition(tpf, acc):
+    from jdllm.bench.sweep import area_above_floor
+
+    assert area_above_floor(tpf, acc, acc[0] - 5) == pytest.approx(_dense_area(tpf, acc, acc[0] - 5), abs=1e-3)
+
+
+def test_sweep_summary():
+    from jdllm.bench.sweep import summarize
+
+    vanilla = {"accuracy": 0.90, "tpf": 1.0, "nfe": 64}
+    pts = [{"accuracy": 0.895, "tpf": 2.0, "nfe": 32}, {"accuracy": 0.88, "tpf": 4.0, "nfe": 16},
+           {"accuracy": 0.70, "tpf": 8.0, "nfe": 8}]
+    s = summarize(vanilla, pts)
+    assert s["fewest_nfe_within_1pt"] == 32  # 88% is 2 points below vanilla
+    assert s["max_drop_points"] == pytest.approx(20)
+    assert s["area"] == pytest.approx(_dense_area([1, 2, 4, 8], [90, 89.5, 88, 70], 85), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(tmp_path):
+    """A two-point threshold sweep on the shipped model writes curves, summaries and a legible plot."""
+    from jdllm.bench.sweep import GRIDS, plot_sweep, run_sweep
+
+    knob, _, make = GRIDS["threshold"]
+    report = run_sweep(load_bundle(), n=4, batch_size=4, gen_length=32,
+                       grids={"threshold": (knob, (0.3, 0.9), make)})
+    pts = report["curves"]["threshold"]
+    assert [p["value"] for p in pts] == [0.3, 0.9] and pts[0]["nfe"] <= pts[1]["nfe"] <= report["vanilla"]["nfe"]
+    assert set(report["summary"]["threshold"]) == {"fewest_nfe_within_1pt", "area", "max_drop_points"}
+    plot_sweep(report, str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
