@@ -174,6 +174,11 @@ def cmd_generate(args) -> int:
     out = jdllm.generate(bundle.model, ids, gen_length=gen_length, seed=args.seed, **kw)
     elapsed = time.perf_counter() - t0
     answers = [bundle.decode_answer(row) for row in out.tokens]
+    if not args.raw:
+        for q, prompt_ids, answer in zip(args.prompt, ids, answers):
+            problem = bundle.out_of_form(prompt_ids, answer)
+            if problem is not None:
+                print(f"jdllm generate: warning: {q[:60]!r}: {problem}", file=sys.stderr)
     for q, nfe in zip(args.prompt, out.nfe):
         _LOG.debug(f"[{q[:40]!r}: nfe={int(nfe)}, gen_length={gen_length}, {elapsed:.2f}s incl. compile]")
     if args.json:
@@ -271,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="write the JSON report here (default: not written)")
     b.add_argument("--plot", default=None, help="write an accuracy-vs-tokens/s Pareto PNG here (default: none)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead of --recipes: each policy over a grid of its main knob, accuracy vs NFE / tokens/s "
+                        "curves and one area score per policy (jdllm.bench.sweep); --out defaults to "
+                        "benchmarks/results/sweep_cpu_<model>.json")
+    b.add_argument("--policies", default="all",
+                   help="--sweep: comma-separated policies of jdllm.bench.sweep.GRIDS, or 'all'")
     _add_json_flag(b, "the report (instead of the table)")
     _add_cache_flag(b)
     _add_log_flags(b)
@@ -302,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     # Listed for `jdllm --help`; `main` hands `jdllm train ...` to the training script's own parser.
-    sub.add_parser("train", help="retrain the shipped model (options: jdllm train --help); "
-                                 "`jdllm train d2f`: distil its block-causal D2F student (jdllm train d2f --help)")
+    sub.add_parser("train", help="retrain the shipped model into ./runs (options: jdllm train --help); "
+                                 "`jdllm train d2f`: distil its block-causal D2F student (jdllm train d2f --help); "
+                                 "`jdllm train words --out DIR`: the word-problem model (jdllm train words --help)")
     return parser
 
 
@@ -313,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         from jdllm.train.d2f import main as d2f_main
 
         d2f_main(argv[2:])
+        return 0
+    if argv[:2] == ["train", "words"]:  # the word-problem model (its own parser, --help included)
+        from jdllm.train.words import main as words_main
+
+        configure_logging(0)
+        words_main(argv[2:])
         return 0
     if argv[:1] == ["eval"]:  # hand every option to lm-evaluation-harness's parser (--help included)
         try:

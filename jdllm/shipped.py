@@ -5,7 +5,10 @@ LLaDA-architecture checkpoint in HF layout, loaded by the same code path as LLaD
 checkpoint (tokenizer.json, tokenizer_config.json's `chat_template` and special tokens, generation_config.json's
 EOS ids) is read by `jdllm.text.load_text`. A prompt is formatted with the chat template (one user turn);
 a directory without one may give `prompt_template` (containing `{question}`) in `generation_config.json`, else
-text is fed as is. `generation_config.json` may also set `gen_length` and `block_length`.
+text is fed as is. `generation_config.json` may also set `gen_length` and `block_length`, and, for honest edges,
+`max_prompt_length` (the trained prompt region) and `answer_pattern` (a regex every trained answer matches):
+`Bundle.out_of_form` names an answer that falls outside them; `task` names the `jdllm.tasks` generator the
+model was trained on (default "arithmetic"), whose held-out problems `jdllm bench` uses.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,22 @@ class Bundle:
     name: str = "model"  # the model directory's name (bench rows name their model by it)
     chat_template: ChatTemplate | None = None
     stop_ids: tuple[int, ...] = ()  # ids that end an answer (EOS, EoT, ...); default: the model's EOS ids
+    max_prompt_length: int | None = None  # longest prompt (tokens) the model was trained on, if it says
+    answer_pattern: str | None = None  # a regex every trained answer matches (e.g. "#### -?\\d+"), if it says
+    task: str = "arithmetic"  # the `jdllm.tasks` generator the model was trained on (bench / eval problems)
+
+    def out_of_form(self, prompt_ids: list[int], answer: str) -> str | None:
+        """Why an answer should not be trusted (None when nothing is wrong that can be seen): the prompt is longer
+        than the trained prompt region, the answer is empty, or it does not match `answer_pattern`."""
+        if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
+            return (f"the prompt has {len(prompt_ids)} tokens, more than the {self.max_prompt_length} model "
+                    f"{self.name!r} was trained on; the answer is unreliable")
+        if not answer.strip():
+            return f"model {self.name!r} gave an empty answer: the question is probably outside what it was trained on"
+        if self.answer_pattern is not None and re.search(self.answer_pattern, answer) is None:
+            return (f"the answer does not have the trained form ({self.answer_pattern!r}): the question is probably "
+                    f"outside what model {self.name!r} was trained on")
+        return None
 
     def format_prompt(self, question: str, raw: bool = False) -> str:
         """`question` as one user turn of the chat template (else `prompt_template`); `raw`: as is."""
@@ -101,4 +121,7 @@ def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None,
         name=path.resolve().name,
         chat_template=text.chat_template,
         stop_ids=text.stop_ids,
+        max_prompt_length=gen.get("max_prompt_length"),
+        answer_pattern=gen.get("answer_pattern"),
+        task=gen.get("task", "arithmetic"),
     )

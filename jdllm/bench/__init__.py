@@ -36,7 +36,8 @@ from jdllm.bench.flops import measure_matmul_peak
 from jdllm.log import get_logger
 from jdllm.recipes import recipe_kwargs
 from jdllm.shipped import Bundle, load_bundle
-from jdllm.tasks.arithmetic import Problem, make_problems, score
+from jdllm.tasks import task_module
+from jdllm.tasks.arithmetic import Problem, score
 
 _LOG = get_logger(__name__)
 
@@ -59,6 +60,12 @@ def bench_recipe(bundle: Bundle, name: str, problems: Sequence[Problem], gen_len
                  repeats: int = 1, seed: int = 0, progress=None) -> dict[str, Any]:
     """Run one recipe over `problems`; returns its row of the report."""
     kw = recipe_kwargs(name, gen_length, model_config=bundle.model.config)
+    return bench_kwargs(bundle, name, kw, problems, gen_length, batch_size, repeats, seed, progress)
+
+
+def bench_kwargs(bundle: Bundle, name: str, kw: dict[str, Any], problems: Sequence[Problem], gen_length: int,
+                 batch_size: int, repeats: int = 1, seed: int = 0, progress=None) -> dict[str, Any]:
+    """Run `jdllm.generate(**kw)` over `problems`; returns a report row named `name`."""
     prompts = [bundle.encode_prompt(p.question) for p in problems]
     width = max(map(len, prompts))
     batches = _batches(list(range(len(problems))), batch_size)
@@ -132,7 +139,7 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
     if n < 1 or batch_size < 1 or repeats < 1 or not recipes:
         raise ValueError(f"n, batch_size and repeats must be >= 1 and recipes non-empty, got n={n}, "
                          f"batch_size={batch_size}, repeats={repeats}, recipes={list(recipes)}")
-    problems = make_problems(n, split="test", seed=seed)
+    problems = task_module(bundle.task).make_problems(n, split="test", seed=seed)
     rows = []
     progress = None
     if show_progress:
@@ -163,7 +170,7 @@ def run_bench(bundle: Bundle, recipes: Sequence[str], n: int = 100, batch_size: 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "model": bundle.model.config.to_dict(),
-        "task": {"name": "arithmetic", "split": "test", "n": n, "seed": seed},
+        "task": {"name": bundle.task, "split": "test", "n": n, "seed": seed},
         "gen_length": gen_length,
         "batch_size": batch_size,
         "repeats": repeats,
@@ -310,6 +317,10 @@ def run_bench_cli(args) -> int:
     if args.plot:
         import matplotlib  # noqa: F401  (fail now, not after the run)
     bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None))
+    if getattr(args, "sweep", False):
+        from jdllm.bench.sweep import run_sweep_cli
+
+        return run_sweep_cli(args, bundle)
     models = {m: load_bundle(model_dir(m), check_finite=True) for m in {split_entry(r)[1] for r in recipes} - {None}}
     check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length, models)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,

@@ -15,7 +15,8 @@ zhijie-group/Discrete-Diffusion-Forcing, `D2F-train/utils/loss.py::compute_llada
 
 jdllm fine-tunes every weight of the student (the shipped model is tiny, and the result is then an ordinary HF
 checkpoint with `"attention": "block_causal"`); the official code trains a LoRA adapter on an 8B model instead.
-`jdllm train d2f` (`main`) distils the shipped default model into `jdllm/assets/models/arith-llada-tiny-d2f/`.
+`jdllm train d2f` (`main`) distils the shipped default model into `--out` (default `./runs/arith-llada-tiny-d2f/model`;
+the shipped copy is `jdllm/assets/models/arith-llada-tiny-d2f/`).
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ def vanilla_kwargs(gen_length: int) -> dict:
 # ======================================================================================================== CLI
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEACHER = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny")
-DEFAULT_OUT = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny-d2f")
+DEFAULT_OUT = os.path.join("runs", "arith-llada-tiny-d2f", "model")  # never into the installed package; copy it there by hand
 PROMPT_LEN = 32  # the teacher's prompt region (questions <= 31 tokens, left-padded)
 GEN_LEN = 32  # the teacher's answer region: answers <= 27 tokens + EOS padding
 

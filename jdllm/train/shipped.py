@@ -5,7 +5,8 @@ solves synthetic GSM8K-style arithmetic word problems (`jdllm.tasks.arithmetic`)
     jdllm train                 # the shipped recipe (fixed seed)
     jdllm train --steps 300 --out /tmp/pilot --eval-n 64   # a quick pilot
 
-Writes `jdllm/assets/models/arith-llada-tiny/` in Hugging Face LLaDA layout: `config.json`, `model.safetensors`
+Writes `--out` (default `./runs/arith-llada-tiny/model`, never the installed package: copy it to
+`jdllm/assets/models/arith-llada-tiny/` to ship it) in Hugging Face LLaDA layout: `config.json`, `model.safetensors`
 (LLaDA tensor names, torch [out, in] layout), `tokenizer.json`, `generation_config.json` and `MODEL_CARD.md`.
 Orbax checkpoints go to `--ckpt-dir` (resumable: rerunning the same command continues from the latest one).
 """
@@ -37,7 +38,7 @@ from jdllm.text import write_tokenizer_config
 from jdllm.train.diffusion import (
     TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft, train)
 
-DEFAULT_OUT = os.path.join(PACKAGE, "assets", "models", "arith-llada-tiny")
+DEFAULT_OUT = os.path.join("runs", "arith-llada-tiny", "model")  # never into the installed package; copy it there by hand
 PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer), left-padded
 GEN_LEN = 32  # one block of 32; the longest answer is 27 tokens, the rest is EOS padding
 LONG_GEN_LENGTHS = (64, 128, 256)  # evaluated after the second stage (and recorded in the model card)

@@ -1,0 +1,319 @@
+"""Synthetic GSM8K-style word problems with several phrasings, any name or object, numbers 0..999 written as digits.
+
+A problem is a start quantity and 1..5 operations (+, -, x, exact division), every value in 0..999. Its answer
+is a worked chain, one equation per operation, then GSM8K's final line; numbers are digits (the tokenizer of the
+model trained on it, `word_tokenizer`, makes every digit one token, so results are multi-token)::
+
+    question: "Lily has 4 bags. Each bag has 6 cookies. She eats 5 of them. How many cookies does Lily have now?"
+    answer:   "4*6=24. 24-5=19. #### 19"
+
+Frames (`FRAMES`), each with its own sentences per operation:
+- "present": "Tom has 12 apples. He buys 7 more. Then he loses 5. How many apples does Tom have?" (+ - x /)
+- "past":    "Tom had 12 apples. He bought 7. Then he lost 5. How many apples did Tom have in the end?" (+ - x /)
+- "container": "A box has 12 eggs. She puts in 6. Then she takes out 4. How many eggs are in the box now?" (+ -)
+- "groups":  "Lily has 4 bags. Each bag has 6 cookies. ..." (first operation x, then + -)
+- "sharing": "... She shares them equally among 4 friends. How many does each friend get?" (last operation /)
+The question line has several paraphrases per frame. Names and object words are drawn from lists and, one time in
+three, made up from syllables (`made_up_word`), so a model cannot rely on a closed vocabulary of them.
+
+Train / test split: a problem's *canonical form* is its arithmetic alone (start and operations, e.g. "4*6-5"), independent of
+frame and wording; a stable hash (blake2b) of it holds out one bucket in `TEST_BUCKETS`. A held-out problem's
+arithmetic is never seen in training under any wording. Generation is deterministic given (n, split, seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+
+from jdllm.tasks.arithmetic import ANSWER_MARK, Problem, extract_answer, format_prompt, score
+
+__all__ = ["Problem", "extract_answer", "format_prompt", "score", "make_problems", "make_problem", "chain_of_thought",
+           "canonical", "split_of", "evaluate_chain", "made_up_word", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
+
+NAMES = ("Tom", "Sam", "Ben", "Max", "Leo", "Dan", "Tim", "Jack", "Omar", "Ravi", "Kenji", "Pedro", "Ahmed", "Lucas",
+         "Noah", "Ethan", "Ivan", "Yusuf", "Carlos", "Felix", "Ann", "Mia", "Eva", "Zoe", "Ivy", "Amy", "Lily", "Kate",
+         "Sofia", "Emma", "Olivia", "Aisha", "Mei", "Priya", "Nina", "Lucia", "Hana", "Grace", "Chloe", "Fatima")
+_PRONOUN = {n: "He" if i < 20 else "She" for i, n in enumerate(NAMES)}  # the first 20 names are male
+OBJECTS = ("apples", "pens", "cards", "coins", "eggs", "books", "shells", "stamps", "marbles", "cookies", "rocks", "toys",
+           "pencils", "stickers", "candies", "balloons", "oranges", "cupcakes", "buttons", "beads", "flowers", "nuts",
+           "crayons", "tickets", "bottles", "cars", "dolls", "plums", "muffins", "ribbons")
+CONTAINERS = ("box", "bag", "jar", "basket", "crate", "bucket")
+GROUPS = ("bags", "boxes", "jars", "baskets", "packs", "plates", "rows", "crates", "bowls", "shelves")
+SHARERS = ("friends", "children", "kids", "classmates", "students", "people", "cousins", "teams")
+SYLLABLES = ("ka", "lo", "mi", "ra", "zen", "tu", "bel", "vo", "shi", "dra", "nor", "el", "qui", "fa", "gus", "ti",
+             "mar", "pe", "ux", "yan", "ob", "ri", "sel", "wa")
+
+FRAMES = ("present", "past", "container", "groups", "sharing")
+N_OPS = (1, 2, 3, 4, 5)
+MAX_VALUE = 999
+FACTORS = (2, 9)  # multiplier / divisor range
+MAX_ANSWER_CHARS = 62  # chains of 5 long numbers are re-drawn so that the answer fits a 64-token region
+MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 91 tokens of `word_tokenizer` with the newline)
+TEST_BUCKETS = 10
+MADE_UP_RATE = 1 / 3  # names / objects made up from syllables
+
+# `format_prompt` as a chat template, as for the arithmetic task: user turn + newline, assistant turn + EOS.
+CHAT_TEMPLATE = ("{%- for message in messages %}"
+                 "{%- if message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+                 "{%- else %}{{ message['content'].rstrip() + '\\n' }}{%- endif %}"
+                 "{%- endfor %}")
+
+# Sentences per operation; `{p}` is the actor (a pronoun or a name), `{n}` the operand, `{o}` the object word.
+PRESENT = {"+": ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more.", "{p} wins {n}."),
+           "-": ("{p} loses {n}.", "{p} gives away {n}.", "{p} sells {n}.", "{p} uses {n}.", "{p} eats {n} of them."),
+           "*": ("{p} now has {n} times as many.",),
+           "/": ("{p} splits them into {n} equal piles and keeps one pile.",)}
+PAST = {"+": ("{p} bought {n} more.", "{p} found {n} more.", "{p} got {n} more.", "{p} won {n}."),
+        "-": ("{p} lost {n}.", "{p} gave away {n}.", "{p} sold {n}.", "{p} used {n}.", "{p} ate {n} of them."),
+        "*": ("{p} ended up with {n} times as many.",),
+        "/": ("{p} split them into {n} equal piles and kept one pile.",)}
+CONTAINER = {"+": ("{p} puts in {n}.", "{p} adds {n} more.", "{p} puts in {n} more {o}."),
+             "-": ("{p} takes out {n}.", "{p} removes {n}.", "{p} takes {n} {o} out.")}
+THEN = ("Then ", "After that, ", "Later ", "Next ")
+
+QUESTIONS = {
+    "present": ("How many {o} does {name} have?", "How many {o} does {name} have now?", "How many {o} are left?",
+                "How many {o} does {pron} have now?", "What is the number of {o} {name} has now?",
+                "Now how many {o} does {name} have?"),
+    "past": ("How many {o} did {name} have in the end?", "How many {o} did {name} have then?",
+             "How many {o} did {pron} end up with?", "How many {o} were left?"),
+    "container": ("How many {o} are in the {c} now?", "How many {o} are in the {c}?", "How many {o} does the {c} hold now?",
+                  "What is the number of {o} in the {c} now?"),
+    "groups": ("How many {o} does {name} have?", "How many {o} does {name} have now?", "How many {o} are there in all?",
+               "How many {o} does {pron} have in total?"),
+    "sharing": ("How many does each {s1} get?", "How many {o} does each {s1} get?", "How many {o} will each {s1} get?",
+                "How many does each one get?"),
+}
+_SINGULAR = {"friends": "friend", "children": "child", "kids": "kid", "classmates": "classmate",
+             "students": "student", "people": "person", "cousins": "cousin", "teams": "team"}
+_SINGULAR_GROUP = {"bags": "bag", "boxes": "box", "jars": "jar", "baskets": "basket", "packs": "pack",
+                   "plates": "plate", "rows": "row", "crates": "crate", "bowls": "bowl", "shelves": "shelf"}
+
+
+# ------------------------------------------------------------------------------------------------------- arithmetic
+def apply_op(value: int, op: str, n: int) -> int:
+    """`value op n` for op in + - * / (division exact)."""
+    if op == "+":
+        return value + n
+    if op == "-":
+        return value - n
+    if op == "*":
+        return value * n
+    if op == "/":
+        if n == 0 or value % n:
+            raise ValueError(f"{value}/{n} is not an exact division")
+        return value // n
+    raise ValueError(f"op must be one of + - * /, got {op!r}")
+
+
+def canonical(start: int, ops: list[tuple[str, int]]) -> str:
+    """Template-free form of a problem, e.g. "4*6-5"; the train / test split is a hash of it."""
+    return str(start) + "".join(f"{op}{n}" for op, n in ops)
+
+
+def split_of(key: str) -> str:
+    """'test' for one bucket of `TEST_BUCKETS` (stable across Python versions and runs), else 'train'."""
+    h = int.from_bytes(hashlib.blake2b(("words/" + key).encode(), digest_size=8).digest(), "little")
+    return "test" if h % TEST_BUCKETS == 0 else "train"
+
+
+def chain_of_thought(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
+    """"4*6=24. 24-5=19. #### 19" and the final value."""
+    parts, cur = [], start
+    for op, n in ops:
+        new = apply_op(cur, op, n)
+        parts.append(f"{cur}{op}{n}={new}.")
+        cur = new
+    return " ".join(parts) + f" {ANSWER_MARK} {cur}", cur
+
+
+_STEP_RE = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)\.")
+
+
+def evaluate_chain(answer_text: str) -> list[tuple[int, str, int, int]]:
+    """The equations "a op b = c." of a chain as (a, op, b, c), in order."""
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in _STEP_RE.findall(answer_text)]
+
+
+def _magnitude(rng: random.Random, weights: tuple[float, float, float]) -> int:
+    """A number with 1, 2 or 3 digits (chosen with `weights`), uniform within its digit count."""
+    digits = rng.choices((1, 2, 3), weights)[0]
+    return rng.randint(1 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
+def _sample_op(rng: random.Random, cur: int, allowed: str) -> tuple[str, int] | None:
+    """One operation from `allowed` that keeps the value in 0..MAX_VALUE (None when none does)."""
+    options = []
+    for op in allowed:
+        if op == "+" and cur < MAX_VALUE:
+            n = min(_magnitude(rng, (0.35, 0.5, 0.15)), MAX_VALUE - cur)
+            options.append((op, n))
+        elif op == "-" and cur > 0:
+            n = min(_magnitude(rng, (0.35, 0.5, 0.15)), cur)
+            options.append((op, n))
+        elif op == "*" and 2 <= cur * 2 <= MAX_VALUE:
+            options.append((op, rng.randint(FACTORS[0], min(FACTORS[1], MAX_VALUE // cur))))
+        elif op == "/":
+            divisors = [k for k in range(FACTORS[0], FACTORS[1] + 1) if cur >= k and cur % k == 0]
+            if divisors:
+                options.append((op, rng.choice(divisors)))
+    return rng.choice(options) if options else None
+
+
+def _sample_math(rng: random.Random, frame: str, n_ops: int) -> tuple[int, list[tuple[str, int]]] | None:
+    """Start value and operations for `frame` (None when this draw cannot satisfy the frame)."""
+    if frame == "groups":  # a groups of b: the first operation is a * b
+        a = rng.randint(2, 20)
+        b = rng.randint(2, min(50, MAX_VALUE // a))
+        start, ops, cur = a, [("*", b)], a * b
+    else:
+        start = _magnitude(rng, (0.2, 0.5, 0.3))
+        ops, cur = [], start
+    allowed = {"present": "+-*/", "past": "+-*/", "container": "+-", "groups": "+-", "sharing": "+-*"}[frame]
+    while len(ops) < n_ops - (frame == "sharing"):
+        op = _sample_op(rng, cur, allowed)
+        if op is None:
+            return None
+        ops.append(op)
+        cur = apply_op(cur, *op)
+    if frame == "sharing":
+        last = _sample_op(rng, cur, "/")
+        if last is None:
+            return None
+        ops.append(last)
+    return start, ops
+
+
+# -------------------------------------------------------------------------------------------------------- wording
+def made_up_word(rng: random.Random, syllables: tuple[int, int] = (2, 3)) -> str:
+    """A pronounceable made-up word ("kalomi"), lower case."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(*syllables)))
+
+
+def _name(rng: random.Random) -> str:
+    return made_up_word(rng).capitalize() if rng.random() < MADE_UP_RATE else rng.choice(NAMES)
+
+
+def _object(rng: random.Random) -> str:
+    return made_up_word(rng, (1, 2)) + "s" if rng.random() < MADE_UP_RATE else rng.choice(OBJECTS)
+
+
+def _steps(rng: random.Random, table: dict, ops: list[tuple[str, int]], actor: str, pron: str, obj: str) -> list[str]:
+    """One sentence per operation: the first with `actor`, later ones "Then {pron} ..." (or another connective)."""
+    out = []
+    for i, (op, n) in enumerate(ops):
+        text = rng.choice(table[op])
+        if i == 0:
+            out.append(text.format(p=actor, n=n, o=obj))
+        else:
+            out.append(rng.choice(THEN) + text.format(p=pron.lower(), n=n, o=obj))
+    return out
+
+
+def render(rng: random.Random, frame: str, start: int, ops: list[tuple[str, int]]) -> str:
+    """The question text of a problem in `frame` (see the module docstring for the frames)."""
+    name, obj = _name(rng), _object(rng)
+    pron = _PRONOUN.get(name) or rng.choice(("He", "She"))
+    q = dict(o=obj, name=name, pron=pron.lower())
+    if frame in ("present", "past"):
+        verb = "has" if frame == "present" else "had"
+        body = _steps(rng, PRESENT if frame == "present" else PAST, ops, pron, pron, obj)
+        text = [f"{name} {verb} {start} {obj}."] + body
+    elif frame == "container":
+        c = rng.choice(CONTAINERS)
+        actor = rng.choice((pron, name))
+        text = [f"A {c} has {start} {obj}."] + _steps(rng, CONTAINER, ops, actor, pron, obj)
+        q["c"] = c
+    elif frame == "groups":
+        g = rng.choice(GROUPS)
+        text = [f"{name} has {start} {g}.", f"Each {_SINGULAR_GROUP[g]} has {ops[0][1]} {obj}."]
+        text += _steps(rng, PRESENT, ops[1:], pron, pron, obj)
+    elif frame == "sharing":
+        s = rng.choice(SHARERS)
+        body = _steps(rng, PRESENT, ops[:-1], pron, pron, obj)
+        share = f"{pron} shares them equally among {ops[-1][1]} {s}."
+        if body:
+            share = rng.choice(THEN) + share[0].lower() + share[1:]
+        text = [f"{name} has {start} {obj}."] + body + [share]
+        q["s1"] = _SINGULAR[s]
+    else:
+        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+    return " ".join(text + [rng.choice(QUESTIONS[frame]).format(**q)])
+
+
+def make_problem(rng: random.Random, frame: str | None = None, n_ops: int | None = None) -> tuple[Problem, str, str]:
+    """One random problem, its canonical key and its frame (split not applied)."""
+    while True:
+        f = frame or rng.choice(FRAMES)
+        k = n_ops or rng.choice(N_OPS)
+        math = _sample_math(rng, f, k)
+        if math is None:
+            continue
+        answer_text, value = chain_of_thought(*math)
+        question = render(rng, f, *math)
+        if len(answer_text) > MAX_ANSWER_CHARS or len(question) > MAX_QUESTION_CHARS:
+            continue
+        return Problem(question, answer_text, str(value)), canonical(*math), f
+
+
+def make_problems(n: int, split: str = "train", seed: int = 0, unique: bool | None = None,
+                  frame: str | None = None) -> list[Problem]:
+    """`n` problems of `split` ("train" or "test"), deterministic in (n, split, seed, frame).
+
+    Drawn from one stream per seed and kept when their canonical form hashes into `split`; `unique` (default:
+    True for "test", False for "train") keeps at most one problem per canonical form; `frame` restricts to one
+    of `FRAMES`.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if frame is not None and frame not in FRAMES:
+        raise ValueError(f"frame must be one of {FRAMES} or None, got {frame!r}")
+    unique = split == "test" if unique is None else unique
+    rng = random.Random(f"jdllm-words/{seed}/{frame}")
+    out: list[Problem] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        p, key, _ = make_problem(rng, frame)
+        if split_of(key) != split or (unique and key in seen):
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
+
+
+def alphabet() -> str:
+    """Characters of `word_tokenizer`: newline and printable ASCII (anything else encodes to `<|unk|>`)."""
+    return "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+def word_tokenizer():
+    """The tokenizer of the word-problem model: characters, the template words (`vocabulary_words`) as whole-word
+    tokens, digits one token each. Its normaliser (stored in tokenizer.json) applies NFKC, lower-cases, turns tabs
+    and runs of spaces into one space and drops spaces around newlines and at the start, so case and whitespace
+    do not change what the model sees."""
+    from tokenizers import Regex, normalizers
+
+    from jdllm.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(alphabet(), words=vocabulary_words())
+    tok.hf.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[ \t\r\f\v]+"), " "),
+        normalizers.Replace(Regex(r" ?\n ?"), "\n"), normalizers.Strip(left=True, right=False)])
+    return tok
+
+
+def vocabulary_words() -> list[str]:
+    """The lower-case words of the fixed sentence templates (whole-word tokens of `word_tokenizer`). Names and object
+    words are left out on purpose: they are spelled character by character, so that any name or object is
+    ordinary input."""
+    texts = [t for table in (PRESENT, PAST, CONTAINER) for v in table.values() for t in v]
+    texts += [q for qs in QUESTIONS.values() for q in qs] + list(THEN) + list(CONTAINERS) + list(GROUPS)
+    texts += list(_SINGULAR_GROUP.values()) + list(SHARERS) + list(_SINGULAR.values())
+    texts += ["he she has had a each shares them equally among"]
+    words = set()
+    for t in texts:
+        words.update(w.lower() for w in re.findall(r"[A-Za-z]+", re.sub(r"\{\w+\}", " ", t)))
+    return sorted(words)

@@ -1,0 +1,116 @@
+"""The word-problem task (`jdllm.tasks.word_problems`) and its tokenizer: grammar coverage, answers recomputed
+from the chain, disjoint splits, determinism, normalisation."""
+
+import re
+
+import pytest
+
+from jdllm.tasks import word_problems as wp
+
+
+def _recompute(p) -> int:
+    """Check the chain with plain Python arithmetic and return its final value."""
+    steps = re.findall(r"(\d+)([-+*/])(\d+)=(\d+)\.", p.answer_text)
+    assert 1 <= len(steps) <= 5, p.answer_text
+    prev = None
+    for a, op, b, c in steps:
+        a, b, c = int(a), int(b), int(c)
+        if op == "/":
+            assert b != 0 and a % b == 0, p.answer_text  # exact division
+            expect = a // b
+        else:
+            expect = {"+": a + b, "-": a - b, "*": a * b}[op]
+        assert c == expect, p.answer_text
+        assert all(0 <= v <= 999 for v in (a, b, c)), p.answer_text
+        if prev is not None:
+            assert a == prev, p.answer_text  # each step reads the previous result
+        prev = c
+    assert p.answer_text.endswith(f"#### {prev}") and p.answer == str(prev)
+    return prev
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return wp.make_problems(3000, "train", seed=0)
+
+
+def test_answers_are_correct_and_in_range(problems):
+    for p in problems + wp.make_problems(300, "test", seed=0):
+        _recompute(p)
+        assert wp.score(p.answer_text, p.answer) and not wp.score(p.answer_text, str(int(p.answer) + 1))
+
+
+def test_question_states_the_operands(problems):
+    """Every number of the question appears in the chain (start and operands): nothing made up or dropped."""
+    for p in problems[:500]:
+        q_nums = [int(x) for x in re.findall(r"\d+", p.question)]
+        steps = wp.evaluate_chain(p.answer_text)
+        assert q_nums == [steps[0][0]] + [b for _, _, b, _ in steps], (p.question, p.answer_text)
+
+
+def test_grammar_coverage(problems):
+    text = " ".join(p.question for p in problems)
+    ops = "".join(op for p in problems for _, op, _, _ in wp.evaluate_chain(p.answer_text))
+    assert set(ops) == set("+-*/")
+    assert {len(wp.evaluate_chain(p.answer_text)) for p in problems} == {1, 2, 3, 4, 5}
+    values = [v for p in problems for s in wp.evaluate_chain(p.answer_text) for v in (s[0], s[3])]
+    assert min(values) == 0 and max(values) >= 990 and any(100 <= v <= 999 for v in values)
+    for phrase in (" has ", " had ", " bought ", " lost ", "Each ", " puts in ", " takes out ",
+                   "shares them equally among", "How many does each", " are in the ", " in the end?"):
+        assert phrase in text, phrase
+    for frame in wp.FRAMES:  # every frame renders with several question lines
+        qs = {re.sub(r"\d+", "N", p.question.rsplit(". ", 1)[-1]) for p in wp.make_problems(200, "train", frame=frame)}
+        assert len(qs) >= 3, frame
+    names = {p.question.split()[0] for p in problems}
+    assert len(names - set(wp.NAMES) - {"A"}) > 50  # made-up names, not a closed list
+    assert all(len(p.question) <= wp.MAX_QUESTION_CHARS and len(p.answer_text) <= wp.MAX_ANSWER_CHARS
+               for p in problems)
+
+
+def test_frames_have_their_structure():
+    for p in wp.make_problems(100, "train", frame="groups"):
+        assert wp.evaluate_chain(p.answer_text)[0][1] == "*" and "Each " in p.question
+    for p in wp.make_problems(100, "train", frame="sharing"):
+        assert wp.evaluate_chain(p.answer_text)[-1][1] == "/" and "equally among" in p.question
+    for p in wp.make_problems(100, "train", frame="container"):
+        assert p.question.startswith("A ") and set(s[1] for s in wp.evaluate_chain(p.answer_text)) <= set("+-")
+    with pytest.raises(ValueError, match="frame"):
+        wp.make_problems(1, frame="poem")
+
+
+def _key(p) -> str:
+    steps = wp.evaluate_chain(p.answer_text)
+    return str(steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in steps)
+
+
+def test_splits_never_share_a_problem():
+    train = {_key(p) for p in wp.make_problems(5000, "train", seed=0)}
+    train |= {_key(p) for p in wp.make_problems(2000, "train", seed=5)}
+    test = [_key(p) for p in wp.make_problems(500, "test", seed=1)]
+    assert len(set(test)) == len(test)
+    assert not train & set(test)
+    assert all(wp.split_of(k) == "test" for k in test)
+    with pytest.raises(ValueError, match="split"):
+        wp.make_problems(1, "dev")
+
+
+def test_generation_is_deterministic():
+    assert wp.make_problems(200, "train", seed=3) == wp.make_problems(200, "train", seed=3)
+    assert wp.make_problems(100, "train", seed=3)[:50] == wp.make_problems(50, "train", seed=3)
+    assert wp.make_problems(50, "train", seed=3) != wp.make_problems(50, "train", seed=4)
+    assert wp.make_problems(50, "test", seed=1) == wp.make_problems(50, "test", seed=1)
+
+
+def test_tokenizer_digits_unknown_words_and_normalisation():
+    tok = wp.word_tokenizer()
+    tokens = tok.hf.encode("Zorblax has 305 quuxes.\n").tokens
+    assert tokens[tokens.index("3"): tokens.index("3") + 3] == ["3", "0", "5"]  # one token per digit
+    assert tok.hf.token_to_id("<|unk|>") not in tok.encode("Zorblax has 305 quuxes. Ğ")[:-1]
+    assert "z" in tokens and "x" in tokens  # unknown words are spelled, not <unk>
+    same = ["Tom has 12 apples. How many apples does Tom have?\n",
+            "  tom   HAS 12 apples.\tHow many APPLES does tom have?  \n"]
+    assert tok.encode(same[0]) == tok.encode(same[1])
+    assert tok.decode(tok.encode("12*3=36. #### 36")) == "12*3=36. #### 36"
+    for p in wp.make_problems(300, "train", seed=0):  # the model's prompt region fits every question
+        assert len(tok.encode(wp.format_prompt(p.question))) <= 91
+    assert tok.encode("<|mask|>") == [tok.mask_id]
