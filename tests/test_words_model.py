@@ -20,6 +20,8 @@ MODEL = "words-llada-small"
 
 @pytest.fixture(scope="module")
 def bundle():
+    if not (assets_dir() / MODEL / "model.safetensors").exists():
+        pytest.skip(f"{MODEL} is not shipped yet (its training run, `jdllm train words`, has not finished; issue 12)")
     return load_bundle(MODEL)
 
 
