@@ -229,9 +229,13 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    _enable_compile_cache(args)
+    if getattr(args, "sweep", False):
+        from jdllm.bench.sweep import run_sweep_command
+
+        return run_sweep_command(args)
     from jdllm.bench import run_bench_cli
 
-    _enable_compile_cache(args)
     return run_bench_cli(args)
 
 

@@ -317,10 +317,6 @@ def run_bench_cli(args) -> int:
     if args.plot:
         import matplotlib  # noqa: F401  (fail now, not after the run)
     bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None))
-    if getattr(args, "sweep", False):
-        from jdllm.bench.sweep import run_sweep_cli
-
-        return run_sweep_cli(args, bundle)
     models = {m: load_bundle(model_dir(m), check_finite=True) for m in {split_entry(r)[1] for r in recipes} - {None}}
     check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length, models)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,

@@ -190,3 +190,15 @@ def plot_sweep(report: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def run_sweep_command(args) -> int:
+    """`jdllm bench --sweep`: the output checks first, then the model, then `run_sweep_cli`."""
+    from jdllm.bench import check_output_path
+    from jdllm.shipped import load_bundle
+
+    check_output_path("--out", args.out)
+    check_output_path("--plot", args.plot)
+    if args.plot:
+        import matplotlib  # noqa: F401  (fail now, not after the run)
+    return run_sweep_cli(args, load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None)))
