@@ -25,6 +25,7 @@ _PUBLIC = {
     "Transformer": "jdllm.models.transformer",
     "as_block_causal": "jdllm.models.attention_view",
     "as_bidirectional": "jdllm.models.attention_view",
+    "with_attention_kernel": "jdllm.models.attention_view",
     "load_bundle": "jdllm.shipped",
     "load_text": "jdllm.text",
 }

@@ -36,7 +36,8 @@ from jdllm.validation import (check_cache, check_generate_args, check_prompt_buc
 
 
 def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=None,
-         check_finite: bool = False, lora: str | os.PathLike | None = None) -> Transformer:
+         check_finite: bool = False, lora: str | os.PathLike | None = None,
+         attention_kernel: str = "auto") -> Transformer:
     """Load a model from an HF directory (config.json + *.safetensors) or a directory written by `save`.
 
     With `mesh` (any `jax.sharding.Mesh`, e.g. `jax.make_mesh((2, 4), ("data", "tensor"))` or
@@ -50,11 +51,21 @@ def load(path: str | os.PathLike, dtype: str | None = None, mesh=None, rules=Non
     The adapter is read and checked first; unsupported options (DoRA, biases, modules_to_save, ...), keys that
     match no linear weight of the base, and mis-shaped A / B raise a ValueError naming the adapter file and key.
 
+    `attention_kernel` ("auto", "xla", "cudnn", "splash") picks the attention implementation
+    (`jdllm.models.attention_kernels`; "auto": Pallas splash on one TPU device, XLA elsewhere).
+
     A damaged or inconsistent checkpoint (truncated / corrupt safetensors, bad index or config.json, damaged
     orbax params, a directory holding both formats) raises a ValueError naming the file and what is wrong;
     no partial model is returned.
     """
-    path = os.fspath(path)
+    model = _load(os.fspath(path), dtype, mesh, rules, check_finite, lora)
+    if attention_kernel != model.config.attention_kernel:
+        from jdllm.models.attention_view import with_attention_kernel
+        model = with_attention_kernel(model, attention_kernel)
+    return model
+
+
+def _load(path: str, dtype, mesh, rules, check_finite: bool, lora) -> Transformer:
     if not os.path.isdir(path):
         left = leftovers(path)
         hint = f" (an interrupted save left {', '.join(left)})" if left else ""

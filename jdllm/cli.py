@@ -81,6 +81,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model directory (HF or jdllm/orbax, with tokenizer.json) (default: the shipped model)")
     _add_lora_flag(p)
+    _add_kernel_flag(p)
     p.add_argument("--recipe", default=None,
                    help="a named recipe of jdllm/configs/recipes.yaml, see `jdllm recipes`; options below replace "
                         "its choice for their axis (default: none: block 32, one step per token, low-confidence)")
@@ -111,6 +112,12 @@ def _add_lora_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", default=None, metavar="DIR",
                    help="a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors), merged "
                         "into the model's weights at load (e.g. a D2F adapter on its base model) (default: none)")
+
+
+def _add_kernel_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention-kernel", default="auto", choices=["auto", "xla", "cudnn", "splash"],
+                   help="attention implementation (jdllm/models/attention_kernels.py): auto = Pallas splash on one "
+                        "TPU device, XLA elsewhere; cudnn = fused cuDNN kernel on NVIDIA GPUs, bf16/fp16")
 
 
 def _add_cache_flag(p: argparse.ArgumentParser) -> None:
@@ -164,7 +171,7 @@ def cmd_generate(args) -> int:
     from jdllm.validation import check_generate_args
 
     _enable_compile_cache(args)
-    bundle = load_bundle(args.model, check_finite=True, lora=args.lora)
+    bundle = load_bundle(args.model, check_finite=True, lora=args.lora, attention_kernel=args.attention_kernel)
     gen_length = bundle.gen_length if args.gen_length is None else args.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
     check_generate_args(gen_length=gen_length, seed=args.seed, **kw)  # before tokenizing / compiling anything
@@ -202,7 +209,7 @@ def cmd_chat(args) -> int:
     from jdllm.validation import check_generate_args
 
     _enable_compile_cache(args)
-    bundle = load_bundle(args.model, check_finite=True, lora=args.lora)
+    bundle = load_bundle(args.model, check_finite=True, lora=args.lora, attention_kernel=args.attention_kernel)
     gen_length = bundle.gen_length if args.gen_length is None else args.gen_length
     kw = _decode_kwargs(args, gen_length, bundle.model.config)
     check_generate_args(gen_length=gen_length, seed=args.seed, **kw)
@@ -268,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="accuracy / NFE / tokens per forward / tokens/s of named recipes")
     b.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     _add_lora_flag(b)
+    _add_kernel_flag(b)
     b.add_argument("--recipes", default="vanilla,fast_dllm_parallel,fast_dllm_dual_parallel",
                    help="comma-separated entries `recipe` or `recipe@model` (jdllm/configs/recipes.yaml; model: a "
                         "directory or a shipped model's name)")

@@ -95,11 +95,12 @@ class Bundle:
 
 
 def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None, check_finite: bool = False,
-                lora: str | os.PathLike | None = None) -> Bundle:
+                lora: str | os.PathLike | None = None, attention_kernel: str = "auto") -> Bundle:
     """Load a model directory with its text side (`jdllm.text.load_text`: tokenizer.json, tokenizer_config.json's
     chat template and special tokens, generation_config.json), or a shipped model by name (`shipped_models()`,
     e.g. "arith-llada-tiny-d2f"); default: the shipped default model;
-    `check_finite` and `lora` (a PEFT LoRA adapter directory merged at load) as in `jdllm.load`."""
+    `check_finite`, `lora` (a PEFT LoRA adapter directory merged at load) and `attention_kernel` as in
+    `jdllm.load`."""
     path = Path(path) if path is not None else default_model_dir()
     if not path.is_dir() and str(path) in shipped_models():
         path = assets_dir() / str(path)
@@ -107,7 +108,7 @@ def load_bundle(path: str | os.PathLike | None = None, dtype: str | None = None,
         raise FileNotFoundError(f"no model directory at {path} (shipped models by name: {shipped_models()})")
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"{path} has no tokenizer.json: pass token ids to jdllm.generate instead")
-    model = load(path, dtype, check_finite=check_finite, lora=lora)
+    model = load(path, dtype, check_finite=check_finite, lora=lora, attention_kernel=attention_kernel)
     text = load_text(path, model.config)
     gen = {}
     if (path / "generation_config.json").exists():

@@ -316,8 +316,10 @@ def run_bench_cli(args) -> int:
     check_output_path("--plot", args.plot)
     if args.plot:
         import matplotlib  # noqa: F401  (fail now, not after the run)
-    bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None))
-    models = {m: load_bundle(model_dir(m), check_finite=True) for m in {split_entry(r)[1] for r in recipes} - {None}}
+    kernel = getattr(args, "attention_kernel", "auto")
+    bundle = load_bundle(args.model, check_finite=True, lora=getattr(args, "lora", None), attention_kernel=kernel)
+    models = {m: load_bundle(model_dir(m), check_finite=True, attention_kernel=kernel)
+              for m in {split_entry(r)[1] for r in recipes} - {None}}
     check_bench_recipes(bundle, recipes, args.gen_length or bundle.gen_length, models)
     report = run_bench(bundle, recipes, n=args.n, batch_size=args.batch_size, gen_length=args.gen_length,
                        repeats=args.repeats, seed=args.seed, show_progress=not args.no_progress, models=models)

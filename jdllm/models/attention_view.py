@@ -4,6 +4,7 @@ D2F ships its students as LoRA adapters on a bidirectional base (research/cachin
 `jdllm.load(base, lora=adapter)` the model must be told that it now attends block-causally. `as_block_causal`
 returns a model that shares every parameter array with `model` and whose config says
 `attention="block_causal"`; `as_bidirectional` goes back (the D2F teacher's view of a student's weights).
+`with_attention_kernel` keeps the attention and changes its implementation (`jdllm.models.attention_kernels`).
 """
 
 from __future__ import annotations
@@ -32,3 +33,8 @@ def as_block_causal(model: Transformer, block_size: int = 16) -> Transformer:
 def as_bidirectional(model: Transformer) -> Transformer:
     """`model`'s weights under full bidirectional attention."""
     return _with_config(model, model.config.replace(attention="bidirectional", attention_block_size=None))
+
+
+def with_attention_kernel(model: Transformer, kernel: str) -> Transformer:
+    """`model`'s weights with attention computed by `kernel` ("auto", "xla", "cudnn", "splash")."""
+    return _with_config(model, model.config.replace(attention_kernel=kernel))

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
+from jdllm.models.attention_kernels import KERNELS
+
 Family = Literal["llada", "dream"]
 LogitAlignment = Literal["same", "shifted"]
 Attention = Literal["bidirectional", "block_causal"]
@@ -41,7 +43,8 @@ class ModelConfig:
     in zhijie-group/Discrete-Diffusion-Forcing): the prompt is block 0, the generation region is cut into blocks of
     `attention_block_size` counted from the prompt end, and a query sees the keys of its own and earlier blocks
     (`jdllm.models.masks`). `attention_block_size` is the training block size: an integer >= 1 for
-    "block_causal", None for "bidirectional".
+    "block_causal", None for "bidirectional". `attention_kernel` picks the implementation ("auto", "xla",
+    "cudnn", "splash": `jdllm.models.attention_kernels`); a runtime choice, never written to a checkpoint.
     """
 
     family: Family
@@ -66,6 +69,7 @@ class ModelConfig:
     attention_block_size: int | None = None
     dtype: str = "float32"
     head_dim_override: int | None = None
+    attention_kernel: str = "auto"
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -90,6 +94,8 @@ class ModelConfig:
             raise ValueError(f"logit_alignment must be 'same' or 'shifted', got {self.logit_alignment!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention_kernel not in KERNELS:
+            raise ValueError(f"attention_kernel must be one of {KERNELS}, got {self.attention_kernel!r}")
         block = self.attention_block_size
         if self.attention == "block_causal" and not (_is_int(block) and block >= 1):
             raise ValueError(f"attention_block_size must be an integer >= 1 for block_causal attention, got {block!r}")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from jdllm.models.attention_kernels import attention
 from jdllm.models.config import ModelConfig
 from jdllm.models.masks import block_causal_allowed, block_ids
 from jdllm.models.partitioning import RESIDUAL_AXES, constrain_activation
@@ -75,26 +76,6 @@ def rope(x: Float[Array, "B Q H Dh"], positions: Int[Array, "B Q"], theta: float
     return out.astype(x.dtype)
 
 
-def attention(
-    q: Float[Array, "B Q H Dh"],
-    k: Float[Array, "B T Hkv Dh"],
-    v: Float[Array, "B T Hkv Dh"],
-    key_valid: Bool[Array, "B T"],
-    allowed: Bool[Array, "B Q T"] | None = None,
-) -> Float[Array, "B Q H Dh"]:
-    """Scaled dot-product attention with grouped K/V heads; invalid (padding) keys get no weight, nor (when
-    `allowed` is given, e.g. `block_causal_allowed`) keys a query may not see.
-
-    Through `jax.nn.dot_product_attention` with `implementation=None`: JAX picks the fused cuDNN kernel on GPU
-    where it applies (bf16 / f16) and XLA elsewhere. The XLA path is the reference computation: scores in
-    float32 (`preferred_element_type`), softmax in float32, probabilities cast to the value dtype.
-    """
-    mask = key_valid[:, None, None, :]
-    if allowed is not None:
-        mask = mask & allowed[:, None, :, :]  # [B, 1, Q, T]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
-
-
 class Block(nnx.Module):
     """One pre-norm transformer block: x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))."""
 
@@ -133,7 +114,7 @@ class Block(nnx.Module):
     def attend(self, q: Float[Array, "B Q H Dh"], k: Float[Array, "B T Hkv Dh"], v: Float[Array, "B T Hkv Dh"],
                key_valid: Bool[Array, "B T"], allowed: Bool[Array, "B Q T"] | None = None) -> Float[Array, "B Q D"]:
         """Attention of the queries over the keys, through the output projection (before the residual add)."""
-        a = attention(q, k, v, key_valid, allowed)
+        a = attention(q, k, v, key_valid, allowed, kernel=self.cfg.attention_kernel)
         return self.attn_out(a.reshape(a.shape[:2] + (self.cfg.n_heads * self.cfg.head_dim,)))
 
     def mlp(self, x: Float[Array, "B Q D"]) -> Float[Array, "B Q D"]:

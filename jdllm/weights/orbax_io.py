@@ -31,7 +31,7 @@ def save_orbax(model: Transformer, directory: str | os.PathLike) -> None:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, ORBAX_PARAMS), params)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            f.write(model.config.to_json())
+            f.write(model.config.replace(attention_kernel="auto").to_json())  # a runtime choice, not stored
 
 
 def read_orbax_config(directory: str) -> ModelConfig:
