@@ -36,7 +36,7 @@ from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.decode.caches.base import CacheStrategy, KVCache
-from jdllm.decode.caches.dllm import scatter_rows
+from jdllm.decode.caches.rows import RowSelection, merge_rows, select_rows
 from jdllm.decode.canvas import Canvas, row_range, slice_rows
 
 VARIANTS = ("decode", "greedy")
@@ -86,10 +86,9 @@ class DKVCache(CacheStrategy):
 
         def run(q_width):
             def forward(c):
-                idx = jnp.argsort(~queries, axis=1, stable=True)[:, :q_width]
-                take = jnp.take_along_axis(queries, idx, axis=1)
-                hidden, kvs = self._forward(model, canvas, idx, take, c.kv)
-                return scatter_rows(c.hidden, idx, take, hidden), KVCache.stack(kvs)
+                sel = select_rows(queries, q_width)
+                hidden, kvs = self._forward(model, canvas, sel, c.kv)
+                return merge_rows(c.hidden, hidden, sel), KVCache.stack(kvs)
             return forward
 
         branch = jnp.searchsorted(jnp.asarray(widths, jnp.int32), jnp.max(need))
@@ -111,14 +110,14 @@ class DKVCache(CacheStrategy):
         return chosen
 
     @staticmethod
-    def _forward(model, canvas: Canvas, idx: Int[Array, "B Q"], take: Bool[Array, "B Q"], kv: KVCache):
+    def _forward(model, canvas: Canvas, sel: RowSelection, kv: KVCache):
         """The gathered query rows against the cache; their fresh K/V written into it."""
         def merge(i, k, v):
-            return scatter_rows(kv.k[i], idx, take, k), scatter_rows(kv.v[i], idx, take, v)
+            return merge_rows(kv.k[i], k, sel), merge_rows(kv.v[i], v, sel)
 
-        tokens = jnp.take_along_axis(canvas.tokens, idx, axis=1)
-        positions = jnp.take_along_axis(canvas.positions, idx, axis=1)
-        return model.layers(tokens, positions, canvas.valid, merge, **canvas.mask_blocks(idx))
+        tokens = jnp.take_along_axis(canvas.tokens, sel.idx, axis=1)
+        positions = jnp.take_along_axis(canvas.positions, sel.idx, axis=1)
+        return model.layers(tokens, positions, canvas.valid, merge, **canvas.mask_blocks(sel.idx))
 
 
 def _settled(decoded: Bool[Array, "B T"], shift: int) -> Bool[Array, "B T"]:

@@ -35,6 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.decode.caches.base import CacheStrategy
 from jdllm.decode.canvas import Canvas, slice_rows
+from jdllm.decode.caches.rows import gather_rows, merge_rows, select_rows
 from jdllm.decode.sharding import KV_CACHE_AXES
 from jdllm.models.masks import block_causal_allowed
 
@@ -53,19 +54,6 @@ class FeatureCache:
     step: Int[Array, "B"]
     LOGICAL_AXES: ClassVar[dict[str, tuple[str, ...]]] = {
         "k": KV_CACHE_AXES, "v": KV_CACHE_AXES, "attn": FEATURE_AXES, "mlp": FEATURE_AXES, "step": ("batch",)}
-
-
-def gather_rows(x: Float[Array, "B T ..."], idx: Int[Array, "B Q"]) -> Float[Array, "B Q ..."]:
-    return jax.vmap(lambda row, i: row[i])(x, idx)
-
-
-def scatter_rows(full: Float[Array, "B T ..."], idx: Int[Array, "B Q"], take: Bool[Array, "B Q"],
-                 rows: Float[Array, "B Q ..."]) -> Float[Array, "B T ..."]:
-    """full[b, idx[b, j]] = rows[b, j] where take[b, j] (idx holds distinct rows)."""
-    def one(f, i, t, r):
-        keep = t.reshape(t.shape + (1,) * (r.ndim - 1))
-        return f.at[i].set(jnp.where(keep, r, f[i]))
-    return jax.vmap(one)(full, idx, take, rows)
 
 
 def least_similar(new: Float[Array, "B G H D"], old: Float[Array, "B G H D"], k: int) -> Bool[Array, "B G"]:
@@ -150,19 +138,18 @@ class DLLMCache(CacheStrategy):
                 v_gen = block.values(h[:, prompt:]) if k > 0 else None
                 chosen = least_similar(v_gen, v_c[:, prompt:], k) if k > 0 else jnp.zeros_like(x[:, prompt:, 0], bool)
                 recompute = jnp.where(is_prompt, rp[:, None], jnp.pad(rg[:, None] | chosen, ((0, 0), (prompt, 0))))
-            q_width = length if i == 0 else width
-            idx = jnp.argsort(~recompute, axis=1, stable=True)[:, :q_width]
-            take = jnp.take_along_axis(recompute, idx, axis=1)
+            sel = select_rows(recompute, length if i == 0 else width)
+            idx = sel.idx
             h_q, pos_q = gather_rows(h, idx), jnp.take_along_axis(canvas.positions, idx, axis=1)
-            keys = scatter_rows(k_c, idx, take, block.keys(h_q, pos_q))
-            values = scatter_rows(v_c, idx, take, block.values(h_q))
+            keys = merge_rows(k_c, block.keys(h_q, pos_q), sel)
+            values = merge_rows(v_c, block.values(h_q), sel)
             if v_gen is not None:  # V-verify replaced every response V (a refreshed response keeps its own)
                 gen_values = jnp.where(rg[:, None, None, None], values[:, prompt:], v_gen)
                 values = jnp.concatenate([values[:, :prompt], gen_values], axis=1)
-            attn = scatter_rows(attn_c, idx, take, block.attend(block.queries(h_q, pos_q), keys, values, canvas.valid,
-                                                                 _allowed(canvas, idx)))
+            attn = merge_rows(attn_c, block.attend(block.queries(h_q, pos_q), keys, values, canvas.valid,
+                                                   _allowed(canvas, idx)), sel)
             x = x + attn
-            mlp = scatter_rows(mlp_c, idx, take, block.mlp(gather_rows(x, idx)))
+            mlp = merge_rows(mlp_c, block.mlp(gather_rows(x, idx)), sel)
             return x + mlp, (keys, values, attn, mlp)
 
         return hook
