@@ -23,10 +23,10 @@ import time
 import jax
 
 from jdllm.log import get_logger
-from jdllm.models.config import ModelConfig
 from jdllm.tasks import word_problems
 from jdllm.text import write_tokenizer_config
-from jdllm.train.diffusion import TrainConfig, evaluate, export_llada, param_count, problems_to_sft, train
+from jdllm.train.common import quick_eval, small_llada_config, train_config
+from jdllm.train.diffusion import evaluate, export_llada, param_count, problems_to_sft, train
 from jdllm.train.shipped import record_history
 from jdllm.weights.hf import load_hf
 
@@ -66,13 +66,6 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def model_config(tok, args) -> ModelConfig:
-    return ModelConfig(family="llada", vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
-                       n_heads=args.n_heads, n_kv_heads=args.n_heads, mlp_hidden_size=args.mlp,
-                       max_seq_len=MAX_SEQ_LEN, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                       rope_theta=10000.0, rms_norm_eps=1e-5, dtype="float32")
-
-
 def main(argv=None):
     args = parse_args(argv)
     ckpt_dir = args.ckpt_dir or os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt")
@@ -86,18 +79,9 @@ def main(argv=None):
     quick = test_problems[: args.quick_eval_n]
     _LOG.info(f"data: {len(data)} train rows of {PROMPT_LEN}+{GEN_LEN} tokens in {time.time() - t_data:.1f}s; "
               f"{len(test_problems)} held-out problems")
-    cfg = model_config(tok, args)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup,
-                     weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
-                     ckpt_every=args.ckpt_every)
-
-    def quick_eval(step, model):
-        t = time.time()
-        acc = evaluate(model, quick, GEN_LEN, 32, tokenizer=tok, batch_size=len(quick), prompt_len=PROMPT_LEN)
-        _LOG.info(f"  [eval] step {step}: held-out accuracy {acc:.3f} on {len(quick)} ({time.time() - t:.0f}s)")
-        return {"quick_acc": acc}
-
-    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=quick_eval if args.eval_every else None,
+    cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
+    tc = train_config(args)
+    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None,
                    callback_every=args.eval_every, stop_at=args.stop_at)
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",

@@ -1,0 +1,40 @@
+"""What the `jdllm train` recipes share: the LLaDA config of a small model trained here, the optimiser settings
+from the command line, and the periodic held-out check."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from jdllm.log import get_logger
+from jdllm.models.config import ModelConfig
+from jdllm.train.diffusion import TrainConfig, evaluate
+
+_LOG = get_logger(__name__)
+
+
+def small_llada_config(tok, args, max_seq_len: int) -> ModelConfig:
+    """A float32 LLaDA-layout config (multi-head attention, RoPE theta 1e4) with the tokenizer's special ids and the
+    command line's `d_model`, `n_layers`, `n_heads`, `mlp`."""
+    return ModelConfig(family="llada", vocab_size=tok.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
+                       n_heads=args.n_heads, n_kv_heads=args.n_heads, mlp_hidden_size=args.mlp,
+                       max_seq_len=max_seq_len, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                       rope_theta=10000.0, rms_norm_eps=1e-5, dtype="float32")
+
+
+def train_config(args) -> TrainConfig:
+    """The optimiser / schedule settings of the command line (`steps`, `batch_size`, `lr`, `warmup`,
+    `weight_decay`, `seed`, `log_every`, `ckpt_every`)."""
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup,
+                       weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
+                       ckpt_every=args.ckpt_every)
+
+
+def quick_eval(problems: Sequence, tok, gen_len: int, prompt_len: int) -> Callable:
+    """A `train(callback=)`: greedy held-out accuracy on `problems`, logged and recorded as `quick_acc`."""
+    def callback(step, model):
+        t = time.time()
+        acc = evaluate(model, problems, gen_len, 32, tokenizer=tok, batch_size=len(problems), prompt_len=prompt_len)
+        _LOG.info(f"  [eval] step {step}: held-out accuracy {acc:.3f} on {len(problems)} ({time.time() - t:.0f}s)")
+        return {"quick_acc": acc}
+    return callback
