@@ -48,6 +48,7 @@ def test_kernel_resolution():
     assert resolve_kernel("splash", block_causal=False) == "splash"
     assert resolve_kernel("splash", block_causal=True) == "xla"  # per-row block-causal masks: XLA
     assert resolve_kernel("cudnn", block_causal=False) == "cudnn"
+    assert resolve_kernel("auto", block_causal=False, head_dim=32) == "xla"
     with pytest.raises(ValueError, match="attention_kernel must be one of"):
         resolve_kernel("flash", block_causal=False)
     with pytest.raises(ValueError, match="attention_kernel must be one of"):

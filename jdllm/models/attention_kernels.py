@@ -9,13 +9,14 @@ masked when it is padding (`key_valid`) or, for D2F's block-causal attention, no
   GPUs, bfloat16 / float16 only. Opt-in: no session of this project has had a GPU to check its tokens against
   "xla" yet, so "auto" does not choose it (JAX's own `implementation=None` also means XLA today).
 - "splash": the Pallas splash-attention kernel of TPUs (`jax.experimental.pallas.ops.tpu.splash_attention`).
-  Grouped K/V heads go in as they are (the kernel maps query head h to K/V head h // group). Left padding
-  becomes segment ids (valid keys segment 0, padding keys segment 1, every query segment 0), the
-  query and key lengths are padded up to the kernel's 128-row tiles, queries are pre-scaled (the kernel does not
-  scale). Bidirectional attention only: block-causal masks are per-row data here, while splash masks are static,
-  so those calls use "xla". "auto" picks it on a single TPU device; on a multi-device TPU mesh a Pallas call is
-  not partitioned by GSPMD, so "auto" stays on "xla" there. Tested on CPU through Pallas' interpreter
-  (`SPLASH_INTERPRET`), against "xla".
+  Grouped K/V heads go in as they are (the kernel maps query head h to K/V head h // group); left padding
+  becomes segment ids (valid keys segment 0, padding keys segment 1, every query segment 0); query and key
+  lengths are padded up to the kernel's 128-row tiles; queries are pre-scaled (the kernel does not scale).
+  Bidirectional attention only: block-causal masks are per-row data here while splash masks are static, so those
+  calls use "xla". "auto" picks it on a single TPU device for heads whose width is a multiple of 128 (LLaDA-8B's
+  and Dream-7B's 128, the kernel's lane width); smaller heads, and multi-device TPU meshes (GSPMD does not
+  partition a Pallas call), stay on "xla". Off TPU it runs in Pallas' interpreter (slow; what the tests use to
+  check it against numpy and against "xla").
 
 The kernel is a static field of `ModelConfig` (`attention_kernel`), chosen at load (`jdllm.load(...,
 attention_kernel=)`) or later (`jdllm.with_attention_kernel(model, kernel)`); it is a runtime choice, never
@@ -32,13 +33,13 @@ KERNELS = ("auto", "xla", "cudnn", "splash")
 SPLASH_TILE = 128
 
 
-def resolve_kernel(kernel: str, block_causal: bool) -> str:
+def resolve_kernel(kernel: str, block_causal: bool, head_dim: int = 128) -> str:
     """The implementation a call runs: `kernel`, with "auto" and the cases a kernel cannot serve resolved."""
     if kernel not in KERNELS:
         raise ValueError(f"attention_kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "auto":
         single_tpu = jax.default_backend() == "tpu" and jax.device_count() == 1
-        kernel = "splash" if single_tpu else "xla"
+        kernel = "splash" if single_tpu and head_dim % SPLASH_TILE == 0 else "xla"
     if kernel == "splash" and block_causal:
         return "xla"
     return kernel
@@ -54,7 +55,7 @@ def attention(
 ) -> Float[Array, "B Q H Dh"]:
     """Scaled dot-product attention through `kernel` (module docstring); invalid (padding) keys get no weight, nor
     (when `allowed` is given, e.g. `masks.block_causal_allowed`) keys a query may not see."""
-    impl = resolve_kernel(kernel, allowed is not None)
+    impl = resolve_kernel(kernel, allowed is not None, q.shape[-1])
     if impl == "splash":
         return splash_attention(q, k, v, key_valid, interpret=jax.default_backend() != "tpu")
     mask = key_valid[:, None, None, :]
