@@ -141,3 +141,35 @@ def test_dkv_decode_matches_reference(jd_models, ref_models, no_cache, refresh):
         want = model.config.n_layers * sum(width + GEN if q is None else q for q in queries)
         assert int(out.recomputed[i]) == want
     assert np.mean(out.tokens != no_cache[("llada", None)].tokens) > 0.05  # the cache really changes the decode
+
+
+@pytest.mark.parametrize("width", [1, 5, 12])
+def test_select_rows_against_numpy(width):
+    """The query block holds the selected rows first (canvas order), then the others; `rank` is its inverse
+    permutation; only selected rows inside the block are merged back, each from its own block row."""
+    from jdllm.decode.caches.rows import merge_rows, select_rows
+
+    rng = np.random.default_rng(width)
+    selected = rng.random((4, 12)) < 0.4
+    selected[0] = False
+    selected[1] = True
+    sel = select_rows(jax.numpy.asarray(selected), width)
+    for b in range(4):
+        order = np.argsort(~selected[b], kind="stable")
+        np.testing.assert_array_equal(np.asarray(sel.idx[b]), order[:width])
+        np.testing.assert_array_equal(np.asarray(sel.rank[b]), np.argsort(order))
+        np.testing.assert_array_equal(np.asarray(sel.take[b]), selected[b][order[:width]])
+        np.testing.assert_array_equal(np.asarray(sel.merged[b]), selected[b] & (np.argsort(order) < width))
+    full = rng.normal(size=(4, 12, 3))
+    block = np.take_along_axis(full, np.asarray(sel.idx)[..., None], axis=1) + 100.0  # block row j <- canvas idx[j]
+    merged = np.asarray(merge_rows(jax.numpy.asarray(full), jax.numpy.asarray(block), sel))
+    want = np.where(np.asarray(sel.merged)[..., None], full + 100.0, full)
+    np.testing.assert_allclose(merged, want, rtol=0, atol=1e-5)
+
+
+def test_cache_arguments_are_checked():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="refresh_interval"):
+            DKVCache("decode", bad)
+    with pytest.raises(ValueError, match="variant"):
+        DKVCache("eager", 4)
