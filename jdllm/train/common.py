@@ -1,16 +1,29 @@
-"""What the `jdllm train` recipes share: the LLaDA config of a small model trained here, the optimiser settings
-from the command line, and the periodic held-out check."""
+"""What the `jdllm train` recipes share: the task's training rows and held-out problems, the LLaDA config of a
+small model trained here, the optimiser settings from the command line, and the periodic held-out check."""
 
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Callable, Sequence
 
 from jdllm.log import get_logger
 from jdllm.models.config import ModelConfig
-from jdllm.train.diffusion import TrainConfig, evaluate
+from jdllm.train.diffusion import SFTData, TrainConfig, evaluate, problems_to_sft
 
 _LOG = get_logger(__name__)
+
+
+def task_data(task: ModuleType, tok, args, prompt_len: int, gen_len: int) -> tuple[list, SFTData, list]:
+    """(training problems, their SFT rows, held-out problems) of a `jdllm.tasks` generator: `args.train_pool`
+    training problems drawn with `args.seed`, `args.eval_n` held-out ones with `args.seed + 1`."""
+    t = time.time()
+    train_problems = task.make_problems(args.train_pool, "train", seed=args.seed)
+    data = problems_to_sft(tok, train_problems, prompt_len, gen_len)
+    test_problems = task.make_problems(args.eval_n, "test", seed=args.seed + 1)
+    _LOG.info(f"data: {len(data)} train rows of {prompt_len}+{gen_len} tokens in {time.time() - t:.1f}s; "
+              f"{len(test_problems)} held-out problems")
+    return train_problems, data, test_problems
 
 
 def small_llada_config(tok, args, max_seq_len: int) -> ModelConfig:

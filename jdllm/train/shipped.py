@@ -14,27 +14,23 @@ Orbax checkpoints go to `--ckpt-dir` (resumable: rerunning the same command cont
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
-import datetime
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jdllm.tasks import arithmetic
 from jdllm.weights.hf import load_hf
 from jdllm.log import get_logger
 from jdllm.text import write_tokenizer_config
-from jdllm.train.common import quick_eval, small_llada_config, train_config
+from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
 from jdllm.train.diffusion import (
     TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft, train)
 
@@ -89,18 +85,14 @@ def main(argv=None):
     if args.fresh and os.path.isdir(args.ckpt_dir):
         shutil.rmtree(args.ckpt_dir)
     tok = default_tokenizer()
-    t_data = time.time()
-    train_problems = arithmetic.make_problems(args.train_pool, "train", seed=args.seed)
-    data = problems_to_sft(tok, train_problems, PROMPT_LEN, GEN_LEN)
-    test_problems = arithmetic.make_problems(args.eval_n, "test", seed=args.seed + 1)
+    train_problems, data, test_problems = task_data(arithmetic, tok, args, PROMPT_LEN, GEN_LEN)
     quick = test_problems[: args.quick_eval_n]
-    _LOG.info(f"data: {len(data)} train rows of {PROMPT_LEN}+{GEN_LEN} tokens in {time.time() - t_data:.1f}s; "
-          f"{len(test_problems)} held-out problems")
 
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
 
-    result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None,
+    callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
+    result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=callback,
                    callback_every=args.eval_every, init_fn=number_init(tok, args.fourier_periods))
     history, total_seconds = record_history(args.ckpt_dir, result)
     long_tc, long_history = None, []

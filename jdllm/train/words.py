@@ -25,8 +25,8 @@ import jax
 from jdllm.log import get_logger
 from jdllm.tasks import word_problems
 from jdllm.text import write_tokenizer_config
-from jdllm.train.common import quick_eval, small_llada_config, train_config
-from jdllm.train.diffusion import evaluate, export_llada, param_count, problems_to_sft, train
+from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
+from jdllm.train.diffusion import evaluate, export_llada, param_count, train
 from jdllm.train.shipped import record_history
 from jdllm.weights.hf import load_hf
 
@@ -72,16 +72,12 @@ def main(argv=None):
     if args.fresh and os.path.isdir(ckpt_dir):
         shutil.rmtree(ckpt_dir)
     tok = word_problems.word_tokenizer()
-    t_data = time.time()
-    train_problems = word_problems.make_problems(args.train_pool, "train", seed=args.seed)
-    data = problems_to_sft(tok, train_problems, PROMPT_LEN, GEN_LEN)
-    test_problems = word_problems.make_problems(args.eval_n, "test", seed=args.seed + 1)
+    _, data, test_problems = task_data(word_problems, tok, args, PROMPT_LEN, GEN_LEN)
     quick = test_problems[: args.quick_eval_n]
-    _LOG.info(f"data: {len(data)} train rows of {PROMPT_LEN}+{GEN_LEN} tokens in {time.time() - t_data:.1f}s; "
-              f"{len(test_problems)} held-out problems")
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
-    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None,
+    callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
+    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback,
                    callback_every=args.eval_every, stop_at=args.stop_at)
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
