@@ -18,12 +18,11 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 class RowSelection(NamedTuple):
-    """`idx` [B, Q]: the canvas rows of the query block; `take` [B, Q]: which of them are selected; `rank` [B, T]:
-    each canvas row's place in the block (an inverse permutation); `merged` [B, T]: the selected rows that fit in
-    the block, i.e. the rows whose value a merge replaces."""
+    """`idx` [B, Q]: the canvas rows of the query block; `rank` [B, T]: each canvas row's place in the block (an
+    inverse permutation); `merged` [B, T]: the selected rows that fit in the block, i.e. the rows whose value a
+    merge replaces."""
 
     idx: Int[Array, "B Q"]
-    take: Bool[Array, "B Q"]
     rank: Int[Array, "B T"]
     merged: Bool[Array, "B T"]
 
@@ -37,7 +36,7 @@ def select_rows(selected: Bool[Array, "B T"], width: int) -> RowSelection:
     # rank is a permutation; its inverse (a scatter, cheaper than a sort) lists the canvas rows in block order
     inverse = jax.vmap(lambda r: jnp.zeros((length,), jnp.int32).at[r].set(rows, unique_indices=True))(rank)
     idx = inverse[:, :width]
-    return RowSelection(idx, jnp.take_along_axis(selected, idx, axis=1), rank, selected & (rank < width))
+    return RowSelection(idx, rank, selected & (rank < width))
 
 
 def gather_rows(x: Float[Array, "B T ..."], idx: Int[Array, "B Q"]) -> Float[Array, "B Q ..."]:
