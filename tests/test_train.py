@@ -13,8 +13,9 @@ from jdllm.models.transformer import Transformer
 from jdllm.tasks import make_problems
 from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
-    TrainConfig, batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
-    fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule)
+    TrainConfig, batch_indices, bucketed_batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
+    fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule,
+    trim_padding)
 
 P, G = 96, 64
 
@@ -227,6 +228,35 @@ def test_batch_indices_are_a_function_of_step():
     assert (a == batch_indices(10, 4, 3, seed=0)).all()
     epoch = np.concatenate([batch_indices(12, 4, s, seed=1) for s in range(3)])
     assert sorted(epoch.tolist()) == list(range(12))  # one epoch sees every row once
+
+
+def test_bucketed_batches_cover_an_epoch_and_group_lengths():
+    lengths = np.random.default_rng(0).integers(5, 90, size=203)
+    per_epoch = 203 // 8
+    epoch = [bucketed_batch_indices(lengths, 8, s, seed=2, pool=5) for s in range(per_epoch)]
+    flat = np.concatenate(epoch)
+    assert len(set(flat.tolist())) == len(flat) == per_epoch * 8  # each row at most once per epoch
+    assert all((b == bucketed_batch_indices(lengths, 8, s, seed=2, pool=5)).all() for s, b in enumerate(epoch))
+    spread = np.mean([np.ptp(lengths[b]) for b in epoch])
+    shuffled = np.mean([np.ptp(lengths[batch_indices(203, 8, s, seed=2)]) for s in range(per_epoch)])
+    assert spread < shuffled / 3  # batches of similar length
+    nxt = bucketed_batch_indices(lengths, 8, per_epoch, seed=2, pool=5)  # the next epoch reshuffles
+    assert not (nxt == epoch[0]).all()
+    with pytest.raises(ValueError, match="one batch"):
+        bucketed_batch_indices(lengths[:3], 8, 0, seed=0, pool=5)
+
+
+def test_trimmed_padding_computes_the_same_logits(tok, data):
+    """Cutting a batch's left padding to its longest prompt (rounded to 16) leaves every row's logits unchanged."""
+    idx = np.argsort(data.attention_mask[:, :P].sum(-1))[:4]  # the four shortest prompts
+    tokens, mask, answer = trim_padding(data, idx, 16)
+    longest = data.attention_mask[idx, :P].sum(-1).max()
+    assert tokens.shape[1] == -(-longest // 16) * 16 + G < P + G
+    assert (tokens[:, -G:] == data.tokens[idx, P:]).all() and (answer == data.answer_mask[idx, -tokens.shape[1]:]).all()
+    model = Transformer(tiny_cfg(tok), rngs=nnx.Rngs(0))
+    full = model(jnp.asarray(data.tokens[idx]), attention_mask=jnp.asarray(data.attention_mask[idx]))
+    cut = model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(cut)[:, -G:], np.asarray(full)[:, -G:], rtol=2e-5, atol=2e-5)
 
 
 def test_transfer_schedule():

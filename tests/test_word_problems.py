@@ -9,12 +9,16 @@ from jdllm.tasks import word_problems as wp
 
 
 def _recompute(p) -> int:
-    """Check the chain with plain Python arithmetic and return its final value."""
-    steps = re.findall(r"(\d+)([-+*/])(\d+)=(\d+)\.", p.answer_text)
+    """Check the chain ("016 *004=064 -005=059 #### 59": zero-padded running totals) with plain Python
+    arithmetic and return its final value."""
+    m = re.fullmatch(r"(\d{3})((?: [-+*/]\d{3}=\d{3})+) #### (\d+)", p.answer_text)
+    assert m, p.answer_text
+    steps = re.findall(r" ([-+*/])(\d{3})=(\d{3})", m.group(2))
     assert 1 <= len(steps) <= 5, p.answer_text
     prev = None
-    for a, op, b, c in steps:
-        a, b, c = int(a), int(b), int(c)
+    a = int(m.group(1))
+    for op, b, c in steps:
+        b, c = int(b), int(c)
         if op == "/":
             assert b != 0 and a % b == 0, p.answer_text  # exact division
             expect = a // b
@@ -22,9 +26,8 @@ def _recompute(p) -> int:
             expect = {"+": a + b, "-": a - b, "*": a * b}[op]
         assert c == expect, p.answer_text
         assert all(0 <= v <= 999 for v in (a, b, c)), p.answer_text
-        if prev is not None:
-            assert a == prev, p.answer_text  # each step reads the previous result
-        prev = c
+        assert (1 <= b <= 99) if op in "+-" else (2 <= b <= 9), p.answer_text  # the operand ranges
+        prev = a = c
     assert p.answer_text.endswith(f"#### {prev}") and p.answer == str(prev)
     return prev
 
@@ -41,11 +44,15 @@ def test_answers_are_correct_and_in_range(problems):
 
 
 def test_question_states_the_operands(problems):
-    """Every number of the question appears in the chain (start and operands): nothing made up or dropped."""
+    """Every number of the question appears in the chain (start and operands) in the question's order, except that
+    the groups frame ("has 4 bags. Each bag has 16 cookies.") starts the chain at the per-group count."""
     for p in problems[:500]:
         q_nums = [int(x) for x in re.findall(r"\d+", p.question)]
         steps = wp.evaluate_chain(p.answer_text)
-        assert q_nums == [steps[0][0]] + [b for _, _, b, _ in steps], (p.question, p.answer_text)
+        chain = [steps[0][0]] + [b for _, _, b, _ in steps]
+        if "Each " in p.question:
+            chain[:2] = chain[1::-1]
+        assert q_nums == chain, (p.question, p.answer_text)
 
 
 def test_grammar_coverage(problems):
@@ -110,7 +117,7 @@ def test_tokenizer_digits_unknown_words_and_normalisation():
     same = ["Tom has 12 apples. How many apples does Tom have?\n",
             "  tom   HAS 12 apples.\tHow many APPLES does tom have?  \n"]
     assert tok.encode(same[0]) == tok.encode(same[1])
-    assert tok.decode(tok.encode("12*3=36. #### 36")) == "12*3=36. #### 36"
+    assert tok.decode(tok.encode("012 *003=036 #### 36")) == "012 *003=036 #### 36"
     for p in wp.make_problems(300, "train", seed=0):  # the model's prompt region fits every question
         assert len(tok.encode(wp.format_prompt(p.question))) <= 91
     assert tok.encode("<|mask|>") == [tok.mask_id]

@@ -1,22 +1,32 @@
 """Synthetic GSM8K-style word problems with several phrasings, any name or object, numbers 0..999 written as digits.
 
 A problem is a start quantity and 1..5 operations (+, -, x, exact division), every value in 0..999. Its answer
-is a worked chain, one equation per operation, then GSM8K's final line; numbers are digits (the tokenizer of the
-model trained on it, `word_tokenizer`, makes every digit one token, so results are multi-token)::
+is a worked chain of running totals: the start, then one step "op operand = new total" per operation, then GSM8K's
+final line. Numbers are digits (the tokenizer of the model trained on it, `word_tokenizer`, makes every digit one
+token, so results are multi-token)::
 
-    question: "Lily has 4 bags. Each bag has 6 cookies. She eats 5 of them. How many cookies does Lily have now?"
-    answer:   "4*6=24. 24-5=19. #### 19"
+    question: "Lily has 4 bags. Each bag has 16 cookies. She eats 5 of them. How many cookies does Lily have now?"
+    answer:   "016 *004=064 -005=059 #### 59"
+
+Numbers in the chain are written with three digits (zero-padded) so that every step has the same width: the
+units, tens and hundreds digits of the operands and of the new total sit at fixed offsets from each other, the
+column alignment of written arithmetic. A small model learns carries at fixed offsets far faster than in
+variable-width numbers (two pilots on unpadded "4*6=24. 24-5=19." chains stayed under 2% exact answers after an
+hour, `docs/words_model_pilots.md`). The final answer after "####" is written plainly.
++ and - operands have 1 or 2 digits, x and / are by one digit (2..9): the quantities of a word problem, and the
+written-arithmetic steps a person does in the head. In the groups frame the chain multiplies the per-group count
+by the number of groups, so that x is always by one digit.
 
 Frames (`FRAMES`), each with its own sentences per operation:
 - "present": "Tom has 12 apples. He buys 7 more. Then he loses 5. How many apples does Tom have?" (+ - x /)
 - "past":    "Tom had 12 apples. He bought 7. Then he lost 5. How many apples did Tom have in the end?" (+ - x /)
 - "container": "A box has 12 eggs. She puts in 6. Then she takes out 4. How many eggs are in the box now?" (+ -)
-- "groups":  "Lily has 4 bags. Each bag has 6 cookies. ..." (first operation x, then + -)
+- "groups":  "Lily has 4 bags. Each bag has 16 cookies. ..." (chain 016 *004=064, then + -)
 - "sharing": "... She shares them equally among 4 friends. How many does each friend get?" (last operation /)
 The question line has several paraphrases per frame. Names and object words are drawn from lists and, one time in
 three, made up from syllables (`made_up_word`), so a model cannot rely on a closed vocabulary of them.
 
-Train / test split: a problem's *canonical form* is its arithmetic alone (start and operations, e.g. "4*6-5"), independent of
+Train / test split: a problem's *canonical form* is its arithmetic alone (start and operations, e.g. "16*4-5"), independent of
 frame and wording; a stable hash (blake2b) of it holds out one bucket in `TEST_BUCKETS`. A held-out problem's
 arithmetic is never seen in training under any wording. Generation is deterministic given (n, split, seed).
 """
@@ -50,7 +60,11 @@ FRAMES = ("present", "past", "container", "groups", "sharing")
 N_OPS = (1, 2, 3, 4, 5)
 MAX_VALUE = 999
 FACTORS = (2, 9)  # multiplier / divisor range
-MAX_ANSWER_CHARS = 62  # chains of 5 long numbers are re-drawn so that the answer fits a 64-token region
+GROUPS_RANGE = (2, 9)  # groups frame: number of groups (the one-digit factor)
+PER_GROUP_RANGE = (2, 99)  # groups frame: items per group (the chain's start)
+OPERAND_DIGITS = (0.4, 0.6, 0.0)  # + and - operands: weights of 1, 2 and 3 digits
+WIDTH = 3  # digits of every number in the chain (zero-padded)
+MAX_ANSWER_CHARS = 62  # the longest chain (5 steps, 3-digit answer) has 57 characters: fits a 64-token region
 MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 91 tokens of `word_tokenizer` with the newline)
 TEST_BUCKETS = 10
 MADE_UP_RATE = 1 / 3  # names / objects made up from syllables
@@ -110,7 +124,7 @@ def apply_op(value: int, op: str, n: int) -> int:
 
 
 def canonical(start: int, ops: list[tuple[str, int]]) -> str:
-    """Template-free form of a problem, e.g. "4*6-5"; the train / test split is a hash of it."""
+    """Template-free form of a problem, e.g. "16*4-5"; the train / test split is a hash of it."""
     return str(start) + "".join(f"{op}{n}" for op, n in ops)
 
 
@@ -121,21 +135,28 @@ def split_of(key: str) -> str:
 
 
 def chain_of_thought(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
-    """"4*6=24. 24-5=19. #### 19" and the final value."""
-    parts, cur = [], start
+    """"016 *004=064 -005=059 #### 59" (numbers zero-padded to `WIDTH` digits) and the final value."""
+    parts, cur = [f"{start:0{WIDTH}d}"], start
     for op, n in ops:
-        new = apply_op(cur, op, n)
-        parts.append(f"{cur}{op}{n}={new}.")
-        cur = new
+        cur = apply_op(cur, op, n)
+        parts.append(f"{op}{n:0{WIDTH}d}={cur:0{WIDTH}d}")
     return " ".join(parts) + f" {ANSWER_MARK} {cur}", cur
 
 
-_STEP_RE = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)\.")
+_START_RE = re.compile(r"^\s*(\d+) ")
+_STEP_RE = re.compile(r"([-+*/])(\d+)=(\d+)")
 
 
 def evaluate_chain(answer_text: str) -> list[tuple[int, str, int, int]]:
-    """The equations "a op b = c." of a chain as (a, op, b, c), in order."""
-    return [(int(a), op, int(b), int(c)) for a, op, b, c in _STEP_RE.findall(answer_text)]
+    """The steps of a chain as equations (a, op, b, c), in order: a is the start or the previous total."""
+    m = _START_RE.match(answer_text)
+    if m is None:
+        return []
+    out, a = [], int(m.group(1))
+    for op, b, c in _STEP_RE.findall(answer_text[m.end():]):
+        out.append((a, op, int(b), int(c)))
+        a = int(c)
+    return out
 
 
 def _magnitude(rng: random.Random, weights: tuple[float, float, float]) -> int:
@@ -149,10 +170,10 @@ def _sample_op(rng: random.Random, cur: int, allowed: str) -> tuple[str, int] | 
     options = []
     for op in allowed:
         if op == "+" and cur < MAX_VALUE:
-            n = min(_magnitude(rng, (0.35, 0.5, 0.15)), MAX_VALUE - cur)
+            n = min(_magnitude(rng, OPERAND_DIGITS), MAX_VALUE - cur)
             options.append((op, n))
         elif op == "-" and cur > 0:
-            n = min(_magnitude(rng, (0.35, 0.5, 0.15)), cur)
+            n = min(_magnitude(rng, OPERAND_DIGITS), cur)
             options.append((op, n))
         elif op == "*" and 2 <= cur * 2 <= MAX_VALUE:
             options.append((op, rng.randint(FACTORS[0], min(FACTORS[1], MAX_VALUE // cur))))
@@ -165,10 +186,10 @@ def _sample_op(rng: random.Random, cur: int, allowed: str) -> tuple[str, int] | 
 
 def _sample_math(rng: random.Random, frame: str, n_ops: int) -> tuple[int, list[tuple[str, int]]] | None:
     """Start value and operations for `frame` (None when this draw cannot satisfy the frame)."""
-    if frame == "groups":  # a groups of b: the first operation is a * b
-        a = rng.randint(2, 20)
-        b = rng.randint(2, min(50, MAX_VALUE // a))
-        start, ops, cur = a, [("*", b)], a * b
+    if frame == "groups":  # g groups of b: the chain starts at b and multiplies by g
+        b = rng.randint(*PER_GROUP_RANGE)
+        g = rng.randint(*GROUPS_RANGE)
+        start, ops, cur = b, [("*", g)], b * g
     else:
         start = _magnitude(rng, (0.2, 0.5, 0.3))
         ops, cur = [], start
@@ -229,7 +250,7 @@ def render(rng: random.Random, frame: str, start: int, ops: list[tuple[str, int]
         q["c"] = c
     elif frame == "groups":
         g = rng.choice(GROUPS)
-        text = [f"{name} has {start} {g}.", f"Each {_SINGULAR_GROUP[g]} has {ops[0][1]} {obj}."]
+        text = [f"{name} has {ops[0][1]} {g}.", f"Each {_SINGULAR_GROUP[g]} has {start} {obj}."]
         text += _steps(rng, PRESENT, ops[1:], pron, pron, obj)
     elif frame == "sharing":
         s = rng.choice(SHARERS)

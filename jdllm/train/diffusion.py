@@ -64,6 +64,8 @@ class TrainConfig:
     ckpt_every: int = 500
     max_to_keep: int = 2
     init: str = "model"  # "model": the module's own initialisation; "gpt2": see `gpt2_init`
+    bucket_pool: int = 0  # > 0: batches of similar prompt length, left padding trimmed (`bucketed_batch_indices`)
+    trim_multiple: int = 16  # trimmed prompt widths are multiples of this (few distinct shapes, few compiles)
 
 
 # ========================================================================================================= data
@@ -134,6 +136,35 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         out.extend(perm[offset: offset + batch_size - len(out)].tolist())
     return np.asarray(out, np.int64)
+
+
+def bucketed_batch_indices(lengths: np.ndarray, batch_size: int, step: int, seed: int, pool: int) -> np.ndarray:
+    """Row indices of the batch of `step`, batches of similar length: each epoch is a seeded permutation cut into
+    chunks of `pool` batches; a chunk is sorted by `lengths` (stable), cut into batches, and its batch order
+    shuffled. A pure function of (seed, step) like `batch_indices`; each epoch uses every row at most once (the
+    `len % batch_size` rows left over at its end sit it out). With `trim_padding` a batch then costs its longest
+    prompt instead of the longest prompt of the data set."""
+    n = len(lengths)
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n} rows cannot fill one batch of {batch_size}")
+    epoch, b = divmod(step, per_epoch)
+    chunk, j = divmod(b, pool)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)[: per_epoch * batch_size]
+    rows = perm[chunk * pool * batch_size: (chunk + 1) * pool * batch_size]
+    rows = rows[np.argsort(lengths[rows], kind="stable")]
+    order = np.random.default_rng([seed, epoch, chunk]).permutation(len(rows) // batch_size)
+    return rows[order[j] * batch_size: (order[j] + 1) * batch_size].astype(np.int64)
+
+
+def trim_padding(data: SFTData, idx: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, attention_mask, answer_mask) of rows `idx` with the prompt's left padding cut to the batch's longest
+    prompt, rounded up to `multiple` columns. Exact: positions are `cumsum(attention_mask) - 1` and padding is
+    masked out of attention, so a row computes the same logits with any amount of left padding."""
+    longest = int(data.attention_mask[idx, : data.prompt_len].sum(-1).max())
+    width = min(data.prompt_len, -(-max(longest, 1) // multiple) * multiple)
+    cut = data.prompt_len - width
+    return data.tokens[idx, cut:], data.attention_mask[idx, cut:], data.answer_mask[idx, cut:]
 
 
 # ==================================================================================================== objective
@@ -356,11 +387,16 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     bar = tqdm(total=end, initial=step0, disable=not progress, dynamic_ncols=True, mininterval=1.0 if tty else 60.0)
     step = step0
     pending = None
+    prompt_lengths = data.attention_mask[:, : data.prompt_len].sum(-1) if tc.bucket_pool else None
     for step in range(step0, end):
-        idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
         key = jax.random.fold_in(base_key, step)
-        params, opt_state, metrics = train_step(params, opt_state, data.tokens[idx], data.attention_mask[idx],
-                                                data.answer_mask[idx], key)
+        if tc.bucket_pool:
+            idx = bucketed_batch_indices(prompt_lengths, tc.batch_size, step, tc.seed, tc.bucket_pool)
+            batch = trim_padding(data, idx, tc.trim_multiple)
+        else:
+            idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
+            batch = data.tokens[idx], data.attention_mask[idx], data.answer_mask[idx]
+        params, opt_state, metrics = train_step(params, opt_state, *batch, key)
         if pending is not None:  # read the previous step's metrics (keeps one step in flight)
             window.append(float(pending["loss"]))
         pending = metrics

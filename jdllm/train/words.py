@@ -34,7 +34,7 @@ PROMPT_LEN = 96  # question + newline (<= 91 tokens, `word_problems.MAX_QUESTION
 GEN_LEN = 64  # two blocks of 32; the longest chain is 62 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
-ANSWER_PATTERN = r"^(\d+[-+*/]\d+=\d+\. )+#### \d+$"  # generation_config.json: what every trained answer looks like
+ANSWER_PATTERN = r"^\d{3}( [-+*/]\d{3}=\d{3})+ #### \d+$"  # generation_config.json: what every trained answer looks like
 
 _LOG = get_logger(__name__)
 
@@ -61,6 +61,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (0: none)")
     ap.add_argument("--quick-eval-n", type=int, default=64)
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--bucket-pool", type=int, default=64,
+                    help="batches of similar question length from pools of this many batches, left padding "
+                         "trimmed (0: fixed-width rows)")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--notes", default="", help="text appended to the model card (pilots, what was tried)")
     return ap.parse_args(argv)
@@ -147,7 +150,8 @@ operations of + - x and exact division, a worked chain before `#### answer`.{par
 ## Reproduce
 ```
 jdllm train words --out {args.out} --steps {tc.steps} --d-model {cfg.d_model} --n-layers {cfg.n_layers} \\
-    --n-heads {cfg.n_heads} --mlp {cfg.mlp_hidden_size} --batch-size {tc.batch_size} --lr {tc.peak_lr} --seed {tc.seed}
+    --n-heads {cfg.n_heads} --mlp {cfg.mlp_hidden_size} --batch-size {tc.batch_size} --lr {tc.peak_lr} --seed {tc.seed} \\
+    --bucket-pool {tc.bucket_pool}
 ```
 Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixed masking noise
 (`fold_in(key(seed), step)`); resumable from the orbax checkpoints in `--ckpt-dir`.
@@ -187,8 +191,9 @@ masked positions / p, normalised by the answer length. AdamW (b1 {tc.b1}, b2 {tc
   "A box has N eggs. She puts in 6. Then she takes out 4.", groups "Lily has 4 bags. Each bag has 6 cookies.",
   sharing "... shares them equally among 4 friends. How many does each friend get?"), several question lines
   per frame, connectives "Then / After that, / Later / Next".
-- Operations: {w.N_OPS[0]}..{w.N_OPS[-1]}; + and - operands of 1-3 digits, x and / by {w.FACTORS[0]}..{w.FACTORS[1]}
-  (groups: a x b with a 2..20, b 2..50), every value 0..{w.MAX_VALUE}, divisions exact; answers over
+- Operations: {w.N_OPS[0]}..{w.N_OPS[-1]}; + and - operands of 1-2 digits, x and / by {w.FACTORS[0]}..{w.FACTORS[1]}
+  (groups: {w.GROUPS_RANGE[0]}..{w.GROUPS_RANGE[1]} groups of {w.PER_GROUP_RANGE[0]}..{w.PER_GROUP_RANGE[1]}),
+  every value 0..{w.MAX_VALUE}, divisions exact; answers over
   {w.MAX_ANSWER_CHARS} characters or questions over {w.MAX_QUESTION_CHARS} are re-drawn.
 - {len(w.NAMES)} listed names and {len(w.OBJECTS)} objects, plus (1 in 3) words made up from syllables.
 - Split: 1 in {w.TEST_BUCKETS} canonical forms (the arithmetic alone, e.g. `4*6-5`) held out by a hash.
