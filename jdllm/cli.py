@@ -183,7 +183,7 @@ def cmd_generate(args) -> int:
     answers = [bundle.decode_answer(row) for row in out.tokens]
     if not args.raw:
         for q, prompt_ids, answer in zip(args.prompt, ids, answers):
-            problem = bundle.out_of_form(prompt_ids, answer)
+            problem = bundle.out_of_form(prompt_ids, answer, question=q)
             if problem is not None:
                 print(f"jdllm generate: warning: {q[:60]!r}: {problem}", file=sys.stderr)
     for q, nfe in zip(args.prompt, out.nfe):

@@ -56,9 +56,18 @@ class Bundle:
     answer_pattern: str | None = None  # a regex every trained answer matches (e.g. "#### -?\\d+"), if it says
     task: str = "arithmetic"  # the `jdllm.tasks` generator the model was trained on (bench / eval problems)
 
-    def out_of_form(self, prompt_ids: list[int], answer: str) -> str | None:
-        """Why an answer should not be trusted (None when nothing is wrong that can be seen): the prompt is longer
-        than the trained prompt region, the answer is empty, or it does not match `answer_pattern`."""
+    def out_of_form(self, prompt_ids: list[int], answer: str, question: str | None = None) -> str | None:
+        """Why an answer should not be trusted (None when nothing is wrong that can be seen): the `question` is
+        outside the trained task (when the task module has a `check_question`, e.g. word problems: an unknown
+        form, numbers outside the trained ranges), the prompt is longer than the trained prompt region, the answer
+        is empty, or it does not match `answer_pattern`."""
+        if question is not None:
+            from jdllm.tasks import task_module
+
+            check = getattr(task_module(self.task), "check_question", None)
+            reason = None if check is None else check(question)
+            if reason is not None:
+                return f"model {self.name!r}: {reason}"
         if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
             return (f"the prompt has {len(prompt_ids)} tokens, more than the {self.max_prompt_length} model "
                     f"{self.name!r} was trained on; the answer is unreliable")

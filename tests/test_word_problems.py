@@ -121,3 +121,41 @@ def test_tokenizer_digits_unknown_words_and_normalisation():
     for p in wp.make_problems(300, "train", seed=0):  # the model's prompt region fits every question
         assert len(tok.encode(wp.format_prompt(p.question))) <= 91
     assert tok.encode("<|mask|>") == [tok.mask_id]
+
+
+def test_parse_question_inverts_render():
+    """Every rendered question (all frames, 1-5 operations, made-up names and objects) parses back to the arithmetic
+    it was drawn from, also after case and spacing changes, and is inside the trained ranges."""
+    import random
+
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(3000):
+        frame, k = rng.choice(wp.FRAMES), rng.choice(wp.N_OPS)
+        math = wp._sample_math(rng, frame, k)
+        if math is None:
+            continue
+        q = wp.render(rng, frame, *math)
+        assert wp.parse_question(q) == (frame, *math), q
+        assert wp.parse_question("  " + q.upper().replace(" ", "   ")) == (frame, *math), q
+        assert wp.check_question(q) is None, q
+        seen.add((frame, len(math[1])))
+    assert len(seen) >= 20
+
+
+@pytest.mark.parametrize("question, reason", [
+    ("What is 5 plus 3?", "not in one of the trained forms"),
+    ("Tom has 12 apples. He buys 7. How many apples does Tom have?", "not in one of the trained forms"),
+    ("Tom has 12 apples. He buys 7 more. How many pears are on the moon?", "not in one of the trained forms"),
+    ("Tom has 12 apples. Then he buys 7 more. How many apples does Tom have?", "not in one of the trained forms"),
+    ("Tom has 12 apples. How many apples does Tom have?", "not in one of the trained forms"),
+    ("Tom has 12 apples. He buys 150 more. How many apples does Tom have?", "operand 150 of + is outside"),
+    ("Tom has 12 apples. He now has 12 times as many. How many apples does Tom have?", "operand 12 of * is outside"),
+    ("Tom has 1200 apples. He loses 5. How many apples does Tom have?", "starting number 1200"),
+    ("Tom has 990 apples. He buys 20 more. How many apples does Tom have?", "intermediate value (1010)"),
+    ("Ann has 10 pens. She shares them equally among 3 kids. How many does each kid get?", "10 / 3 is not a whole"),
+    ("Tom has 5 apples. He buys 1 more. Then he buys 1 more. Then he buys 1 more. Then he buys 1 more. "
+     "Then he buys 1 more. Then he buys 1 more. How many apples does Tom have?", "6 operations"),
+])
+def test_check_question_names_what_is_outside(question, reason):
+    assert reason in wp.check_question(question)

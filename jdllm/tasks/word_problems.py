@@ -41,7 +41,7 @@ import re
 from jdllm.tasks.arithmetic import ANSWER_MARK, Problem, extract_answer, format_prompt, score
 
 __all__ = ["Problem", "extract_answer", "format_prompt", "score", "make_problems", "make_problem", "chain_of_thought",
-           "canonical", "split_of", "evaluate_chain", "made_up_word", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
+           "canonical", "split_of", "evaluate_chain", "made_up_word", "parse_question", "check_question", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
 
 NAMES = ("Tom", "Sam", "Ben", "Max", "Leo", "Dan", "Tim", "Jack", "Omar", "Ravi", "Kenji", "Pedro", "Ahmed", "Lucas",
          "Noah", "Ethan", "Ivan", "Yusuf", "Carlos", "Felix", "Ann", "Mia", "Eva", "Zoe", "Ivy", "Amy", "Lily", "Kate",
@@ -303,6 +303,130 @@ def make_problems(n: int, split: str = "train", seed: int = 0, unique: bool | No
         seen.add(key)
         out.append(p)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ recognising
+_WORD = r"[a-z][a-z'-]*"  # a name, object, pronoun or container word (one word, lower case after normalising)
+
+
+def _pattern(template: str) -> str:
+    """A template sentence as a regex over normalised text: `{n}` captures a number, other fields are one word."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{(\w+)\}", template):
+        out.append(re.escape(template[pos:m.start()].lower()))
+        out.append(r"(\d+)" if m.group(1) == "n" else _WORD)
+        pos = m.end()
+    return "".join(out) + re.escape(template[pos:].lower())
+
+
+def _step_matchers(table: dict) -> list[tuple[re.Pattern, str]]:
+    return [(re.compile(_pattern(t)), op) for op, texts in table.items() for t in texts]
+
+
+_TABLES = {"present": PRESENT, "past": PAST, "container": CONTAINER, "groups": PRESENT, "sharing": PRESENT}
+_STEPS = {frame: _step_matchers(table) for frame, table in _TABLES.items()}
+_SHARE = re.compile(_pattern("{p} shares them equally among {n} ") + "(" + "|".join(SHARERS) + r")\.")
+_QUESTION_RES = {frame: [re.compile(_pattern(q)) for q in qs] for frame, qs in QUESTIONS.items()}
+_CONNECTIVES = tuple(t.lower() for t in THEN)
+
+
+def _normalise(text: str) -> str:
+    """What the model's tokenizer sees, as text: lower case, runs of whitespace as one space, stripped."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _step(sentence: str, frame: str, first: bool) -> tuple[str, int] | None:
+    """(op, n) of one operation sentence of `frame`: the first without a connective, later ones with one."""
+    if not first:
+        connective = next((c for c in _CONNECTIVES if sentence.startswith(c)), None)
+        if connective is None:
+            return None
+        sentence = sentence[len(connective):]
+    for rx, op in _STEPS[frame]:
+        m = rx.fullmatch(sentence)
+        if m:
+            return op, int(m.group(1))
+    return None
+
+
+def _opening(sentences: list[str]) -> tuple[str, int, list[tuple[str, int]], list[str]] | None:
+    """(frame, start, leading ops, remaining sentences) from the opening sentence(s) of a question."""
+    first = sentences[0]
+    m = re.fullmatch(rf"a ({'|'.join(CONTAINERS)}) has (\d+) {_WORD}\.", first)
+    if m:
+        return "container", int(m.group(2)), [], sentences[1:]
+    m = re.fullmatch(rf"{_WORD} (has|had) (\d+) ({_WORD})\.", first)
+    if m is None:
+        return None
+    verb, n, noun = m.group(1), int(m.group(2)), m.group(3)
+    if verb == "had":
+        return "past", n, [], sentences[1:]
+    each = re.fullmatch(rf"each ({_WORD}) has (\d+) {_WORD}\.", sentences[1]) if len(sentences) > 1 else None
+    if noun in _SINGULAR_GROUP and each and each.group(1) == _SINGULAR_GROUP[noun]:
+        return "groups", int(each.group(2)), [("*", n)], sentences[2:]
+    return "present", n, [], sentences[1:]  # "sharing" is told apart by its last operation sentence
+
+
+def parse_question(question: str) -> tuple[str, int, list[tuple[str, int]]] | None:
+    """(frame, start, ops) of a question in one of the trained forms (`FRAMES`, their operation sentences and
+    question lines, any one-word name or object, any case and spacing), else None. The inverse of `render`:
+    `parse_question(render(rng, frame, start, ops)) == (frame, start, ops)`."""
+    sentences = re.split(r"(?<=[.?]) ", _normalise(question))
+    if len(sentences) < 3 or not sentences[-1].endswith("?"):
+        return None
+    opening = _opening(sentences[:-1])
+    if opening is None:
+        return None
+    frame, start, ops, body = opening
+    if frame == "present" and body:
+        last = body[-1]
+        connective = next((c for c in _CONNECTIVES if last.startswith(c)), "")
+        share = _SHARE.fullmatch(last[len(connective):])
+        if share and bool(connective) == (len(body) > 1):
+            frame, body, tail = "sharing", body[:-1], [("/", int(share.group(1)))]
+        else:
+            tail = []
+    else:
+        tail = []
+    lead = len(ops)
+    for i, sentence in enumerate(body):
+        step = _step(sentence, frame, first=(i == 0))
+        if step is None:
+            return None
+        ops.append(step)
+    ops += tail
+    if len(ops) == lead and frame != "groups" or not ops:
+        return None
+    if not any(rx.fullmatch(sentences[-1]) for rx in _QUESTION_RES[frame]):
+        return None
+    return frame, start, ops
+
+
+def check_question(question: str) -> str | None:
+    """Why the word-problem model should not be trusted on `question` (None when it is inside what it was trained
+    on): a form it never saw, more operations than `N_OPS`, numbers outside the trained ranges, a value leaving
+    0..`MAX_VALUE` or a division that is not exact."""
+    parsed = parse_question(question)
+    if parsed is None:
+        return ("the question is not in one of the trained forms (see the model card's task grammar); the answer "
+                "is unreliable")
+    frame, start, ops = parsed
+    if len(ops) > N_OPS[-1]:
+        return f"the question has {len(ops)} operations, more than the {N_OPS[-1]} the model was trained on"
+    lo_start, hi_start = PER_GROUP_RANGE if frame == "groups" else (1, MAX_VALUE)
+    if not lo_start <= start <= hi_start:
+        return f"the starting number {start} is outside the trained range {lo_start}..{hi_start}"
+    cur = start
+    for i, (op, n) in enumerate(ops):
+        lo, hi = (GROUPS_RANGE if frame == "groups" and i == 0 else FACTORS) if op in "*/" else (1, 10 ** 2 - 1)
+        if not lo <= n <= hi:
+            return f"the operand {n} of {op} is outside the trained range {lo}..{hi}"
+        if op == "/" and cur % n:
+            return f"{cur} / {n} is not a whole number; the model was trained on exact divisions only"
+        cur = apply_op(cur, op, n)
+        if not 0 <= cur <= MAX_VALUE:
+            return f"an intermediate value ({cur}) is outside 0..{MAX_VALUE}, the values the model was trained on"
+    return None
 
 
 def alphabet() -> str:
