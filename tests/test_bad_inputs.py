@@ -229,9 +229,9 @@ def test_nan_weights_are_reported_as_non_finite_logits_not_a_policy_bug():
 
 
 def _shipped_model():
-    from jdllm.shipped import default_model_dir
+    from jdllm.shipped import assets_dir
 
-    return jdllm.load(default_model_dir())
+    return jdllm.load(assets_dir() / "arith-llada-tiny")
 
 
 def test_batch_256_by_1024_on_the_default_model_stops_before_allocating_with_the_estimate():

@@ -58,7 +58,7 @@ def test_pareto_front_keeps_only_undominated_points_sorted_by_x():
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle()
+    return load_bundle("arith-llada-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_format_table_shows_accuracy_speedup_and_setup(report):
 
 def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys, caplog):
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    args = argparse.Namespace(model=None, recipes=" vanilla ", n=3, batch_size=2, gen_length=None, repeats=1,
+    args = argparse.Namespace(model="arith-llada-tiny", recipes=" vanilla ", n=3, batch_size=2, gen_length=None, repeats=1,
                               seed=0, no_progress=True, out=str(out), plot=str(plot))
     caplog.set_level("INFO", logger="jdllm")
     assert bench.run_bench_cli(args) == 0
@@ -210,7 +210,7 @@ def test_cli_writes_the_json_report_and_the_plot(tmp_path, capsys, caplog):
     row = data["results"][0]
     assert row["flops_per_token"] > 0 and 0 < row["fraction_of_peak"]
     assert row["achieved_flops_per_s"] == pytest.approx(row["fraction_of_peak"] * data["peak_flops_per_s"])
-    assert data["gen_length"] == GEN == load_bundle().gen_length  # gen_length=None: the bundle's
+    assert data["gen_length"] == GEN == load_bundle("arith-llada-tiny").gen_length  # gen_length=None: the bundle's
     assert data["results"][0]["decode_kwargs"]["steps"] == GEN
     assert plot.stat().st_size > 0
     captured = capsys.readouterr()

@@ -15,6 +15,7 @@ import pytest
 
 from jdllm.cli import build_parser, main
 
+ARITH = "arith-llada-tiny"  # the tests below read its answers; the default model is the word-problem one
 Q = "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
 Q2 = "Ann has 3 pens. She finds 4. Then she loses 2. How many pens does Ann have?"
 
@@ -39,7 +40,7 @@ def test_every_option_has_help_and_shows_its_default(command):
 
 
 def test_generate_json(capsys):
-    assert main(["generate", "--json", "-q", Q, Q2]) == 0
+    assert main(["generate", "--model", ARITH, "--json", "-q", Q, Q2]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"] == "arith-llada-tiny" and len(data["results"]) == 2
     first = data["results"][0]
@@ -48,14 +49,14 @@ def test_generate_json(capsys):
 
 
 def test_generate_chat_and_raw_and_errors(capsys, tmp_path):
-    assert main(["generate", "--chat", Q]) == 0
+    assert main(["generate", "--model", ARITH, "--chat", Q]) == 0
     assert capsys.readouterr().out.strip().endswith("#### 14")
     # a directory without a chat template: --chat is refused, naming the model
     import shutil
-    from jdllm.shipped import default_model_dir
+    from jdllm.shipped import assets_dir
 
     plain = tmp_path / "plain"
-    shutil.copytree(default_model_dir(), plain)
+    shutil.copytree(assets_dir() / ARITH, plain)
     (plain / "tokenizer_config.json").unlink()
     assert main(["generate", "--chat", "--model", str(plain), Q]) == 2
     assert "has no chat_template" in capsys.readouterr().err
@@ -63,15 +64,15 @@ def test_generate_chat_and_raw_and_errors(capsys, tmp_path):
 
 def test_verbosity_switch(capsys, caplog):
     caplog.set_level(logging.DEBUG, logger="jdllm")
-    assert main(["generate", "-v", Q]) == 0
+    assert main(["generate", "--model", ARITH, "-v", Q]) == 0
     assert any("nfe=" in m for m in caplog.messages)  # -v: per-prompt details
     assert logging.getLogger("jdllm").level == logging.DEBUG
-    assert main(["generate", "-q", Q]) == 0
+    assert main(["generate", "--model", ARITH, "-q", Q]) == 0
     assert logging.getLogger("jdllm").level == logging.WARNING
 
 
 def test_chat_reads_turns_from_stdin():
-    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "chat", "--no-history", "--no-compile-cache"],
+    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "chat", "--model", ARITH, "--no-history", "--no-compile-cache"],
                        input=f"{Q}\n/reset\n{Q2}\n/exit\nignored\n",
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -82,7 +83,7 @@ def test_chat_loop_keeps_the_history():
     from jdllm.chat import chat_loop
     from jdllm.shipped import load_bundle
 
-    bundle = load_bundle()
+    bundle = load_bundle(ARITH)
     seen = []
     render = bundle.chat_template.render
 
@@ -100,7 +101,7 @@ def test_chat_loop_keeps_the_history():
 
 def test_hf_export_names_model_type_and_auto_map(tmp_path):
     import jdllm
-    from jdllm.shipped import default_model_dir
+    from jdllm.shipped import assets_dir
 
     jdllm.save(jdllm.load(default_model_dir()), tmp_path / "hf", format="hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())

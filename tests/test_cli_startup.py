@@ -40,9 +40,9 @@ def test_compile_cache_dir_and_off_switch(tmp_path, monkeypatch):
 def test_cli_writes_the_compile_cache(tmp_path):
     env = dict(os.environ, JDLLM_CACHE_DIR=str(tmp_path / "xla"), JDLLM_COMPILE_CACHE="1")
     q = "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
-    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", q], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", "--model", "arith-llada-tiny", q], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert any((tmp_path / "xla").iterdir()), "no compiled program was written to the cache"
-    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", "--no-compile-cache", q],
+    r = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", "--model", "arith-llada-tiny", "--no-compile-cache", q],
                        capture_output=True, text=True, env=dict(env, JDLLM_CACHE_DIR=str(tmp_path / "off")))
     assert r.returncode == 0 and not (tmp_path / "off").exists()

@@ -25,7 +25,7 @@ jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 @pytest.fixture(scope="module")
 def shipped():
-    return load_bundle().model
+    return load_bundle("arith-llada-tiny").model
 
 
 def _prompts(cfg, lengths, seed=0):

@@ -18,7 +18,7 @@ pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (p
 
 from jdllm.eval import TASKS_DIR  # noqa: E402
 from jdllm.eval.data import read_rows, task_rows  # noqa: E402
-from jdllm.shipped import default_model_dir  # noqa: E402
+from jdllm.shipped import assets_dir  # noqa: E402
 
 RECIPE = "fast_dllm_dual_parallel"
 LIMIT = 50
@@ -31,7 +31,7 @@ def test_lm_eval_runs_offline_and_agrees_with_bench(tmp_path):
 
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-m", "jdllm.eval", "--model", "jdllm", "--model_args",
-           f"pretrained={default_model_dir()},recipe={RECIPE},mc_num=8,mc_batch_size=8",
+           f"pretrained={assets_dir() / 'arith-llada-tiny'},recipe={RECIPE},mc_num=8,mc_batch_size=8",
            "--tasks", "jdllm_arith,jdllm_arith_mc", "--include_path", str(TASKS_DIR), "--batch_size", "25",
            "--limit", str(LIMIT), "--output_path", str(tmp_path / "out")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -44,7 +44,7 @@ def test_lm_eval_runs_offline_and_agrees_with_bench(tmp_path):
     assert "generated tokens" in r.stderr and "tokens/s" in r.stderr and "mean NFE" in r.stderr
     assert "tokens per forward" in r.stderr
 
-    bundle = load_bundle()
+    bundle = load_bundle("arith-llada-tiny")
     row = bench_recipe(bundle, RECIPE, make_problems(LIMIT, split="test", seed=0), bundle.gen_length, 25)
     assert abs(lm_eval_acc - row["accuracy"]) <= 0.02, (lm_eval_acc, row["accuracy"])
     assert lm_eval_acc >= 0.9
@@ -73,7 +73,7 @@ def test_mask_counts_follow_llada_forward_process():
 def lm():
     from jdllm.eval.harness import JdllmLM
 
-    return JdllmLM(mc_num=8, mc_batch_size=4, batch_size=4)
+    return JdllmLM(pretrained=str(assets_dir() / "arith-llada-tiny"), mc_num=8, mc_batch_size=4, batch_size=4)
 
 
 def test_one_token_elbo_is_the_exact_log_probability(lm):
@@ -82,7 +82,7 @@ def test_one_token_elbo_is_the_exact_log_probability(lm):
     from tests.reference.checkpoints import read_checkpoint
     from tests.reference.model import RefModel
 
-    ref = RefModel(*read_checkpoint(default_model_dir()))
+    ref = RefModel(*read_checkpoint(assets_dir() / "arith-llada-tiny"))
     prefix = lm.bundle.tokenizer.encode("Tom has 12 apples. He buys 7. How many apples does Tom have?\n")
     target = lm.bundle.tokenizer.encode("12")
     assert len(target) == 1

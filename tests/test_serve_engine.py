@@ -20,7 +20,7 @@ SEED = 5
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle()
+    return load_bundle("arith-llada-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jdllm.cli", "serve", "--port", str(port), "--slots",
+        proc = subprocess.Popen([sys.executable, "-m", "jdllm.cli", "serve", "--model", "arith-llada-tiny", "--port", str(port), "--slots",
                                  str(SLOTS), "--no-compile-cache", "--log-level", "warning"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
@@ -97,7 +97,7 @@ def test_completion_and_chat_answer_a_task_question(client, server):
 
 
 def test_streaming_sends_one_event_per_committed_block(client, server):
-    bundle = load_bundle()
+    bundle = load_bundle("arith-llada-tiny")
     stream = client.chat.completions.create(model="arith-llada-tiny", stream=True, max_tokens=LONG["max_tokens"],
                                             messages=[{"role": "user", "content": QUESTION}],
                                             extra_body={"block_length": LONG["block_length"]},

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jdllm
-from jdllm.shipped import default_model_dir, load_bundle
+from jdllm.shipped import assets_dir, load_bundle
 from jdllm.tasks.arithmetic import extract_answer, make_problems, score
 
 MIN_ACCURACY = 0.90
@@ -21,11 +21,11 @@ README_QUESTION = "Tom has 12 apples. He buys 7. Then he loses 5. How many apple
 
 @pytest.fixture(scope="module")
 def bundle():
-    return load_bundle()
+    return load_bundle("arith-llada-tiny")
 
 
 def test_shipped_model_is_llada_layout_and_small():
-    d = default_model_dir()
+    d = assets_dir() / "arith-llada-tiny"
     assert (d / "config.json").exists() and (d / "model.safetensors").exists() and (d / "tokenizer.json").exists()
     assert (d / "MODEL_CARD.md").exists()
     assert (d / "model.safetensors").stat().st_size < 20 * 2**20
@@ -41,7 +41,7 @@ def test_vanilla_accuracy_on_50_held_out(bundle):
 
 
 def _cli_answer(question: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", question], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "jdllm.cli", "generate", "--model", "arith-llada-tiny", question], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
     return res.stdout

@@ -90,9 +90,9 @@ def test_template_sources_and_errors(llada_like_dir):
 
 
 def test_shipped_model_template_lives_in_its_tokenizer_config():
-    from jdllm.shipped import default_model_dir
+    from jdllm.shipped import assets_dir
 
-    d = default_model_dir()
+    d = assets_dir() / "arith-llada-tiny"
     assert json.loads((d / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
     assert "prompt_template" not in json.loads((d / "generation_config.json").read_text())
     text = load_text(d)
