@@ -101,7 +101,7 @@ def test_chat_loop_keeps_the_history():
 
 def test_hf_export_names_model_type_and_auto_map(tmp_path):
     import jdllm
-    from jdllm.shipped import assets_dir
+    from jdllm.shipped import default_model_dir
 
     jdllm.save(jdllm.load(default_model_dir()), tmp_path / "hf", format="hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())

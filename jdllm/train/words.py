@@ -49,7 +49,7 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--stop-at", type=int, default=None, help="end this invocation at that step (resume later)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--d-model", type=int, default=128)
@@ -145,7 +145,7 @@ operations of + - x and exact division, a worked chain before `#### answer`.{par
   ({report['eval_seconds']:.0f} s, `jdllm.train.diffusion.evaluate` on the exported files).
 - Per frame (100 held-out problems each): {frames}.
 - Training wall time: {report['train_seconds'] / 60:.1f} min on {platform.processor() or platform.machine()} CPU
-  ({os.cpu_count()} cores, shared with other jobs), jax {jax.__version__}.
+  ({os.cpu_count()} cores), jax {jax.__version__}.
 
 ## Reproduce
 ```
@@ -164,7 +164,15 @@ Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixe
   one token each; names and object words are spelled character by character, so unseen ones are ordinary input.
   Questions are at most {w.MAX_QUESTION_CHARS} characters (<= 91 tokens; prompt region {PROMPT_LEN} in training).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
-  first `<|eos|>`, e.g. `4*6=24. 24-5=19. #### 19`.
+  first `<|eos|>`, e.g. `016 *004=064 -005=059 #### 59` (running totals, zero-padded to three digits so that
+  every step has the same width; the final answer after `####` is plain).
+
+## Where it stops working
+`jdllm generate` warns on stderr (and still answers, exit 0) when `word_problems.check_question` finds the
+question outside what the model was trained on: a sentence that is not one of the task's templates (below; one
+word per name or object), more than {w.N_OPS[-1]} operations, a + or - operand over 99, a x or / factor outside
+{w.FACTORS[0]}..{w.FACTORS[1]}, a start over {w.MAX_VALUE}, a value leaving 0..{w.MAX_VALUE} or a division that is not exact.
+Inside those forms the accuracy above is what to expect; outside them the answer is unreliable.
 - Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
 
 ## Architecture
@@ -177,7 +185,9 @@ Masked-diffusion SFT (LLaDA objective, `jdllm.train.diffusion`): t ~ U(0,1) per 
 tokens (chain + EOS padding to {GEN_LEN}) masked with p = (1 - 1e-3) t + 1e-3, prompt never masked, cross entropy on
 masked positions / p, normalised by the answer length. AdamW (b1 {tc.b1}, b2 {tc.b2}, weight decay
 {tc.weight_decay} on matrices), peak lr {tc.peak_lr}, {tc.warmup_steps} warmup steps then cosine to {tc.end_lr_ratio} x peak, clipping
-{tc.grad_clip}, batch {tc.batch_size}, {tc.steps} steps. Full loss log: `loss_log.json`.
+{tc.grad_clip}, batch {tc.batch_size}, {tc.steps} steps. Batches are drawn by question length from pools of
+{tc.bucket_pool} batches and their left padding is trimmed (`bucketed_batch_indices`, `trim_padding`: the same
+loss, fewer columns). Full loss log: `loss_log.json`.
 
 | step | loss | masked-token acc | quick held-out acc (64) | seconds |
 |---|---|---|---|---|

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Which sub-skill of the word-problem chain a training checkpoint has learned (issue 12 diagnostics).
+
+    python scripts/words_probe.py /work/runs/words-v3/ckpt [--d-model 128 --n-layers 6 ...]
+
+Restores the latest orbax checkpoint of `jdllm train words` (pass the run's model options), takes 256 held-out
+problems, and for each kind of answer token (start, op, operand, result, final answer, EOS) masks all tokens of
+that kind with the rest of the answer visible, one forward: argmax accuracy on them. Then the same with the whole
+answer masked. Copying the final answer from the last result ("=059 #### 59") needs only local attention; a
+model that fails at it has not learned to read the chain.
+"""
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdllm.models.transformer import Transformer
+from jdllm.tasks import word_problems as wp
+from jdllm.train.common import small_llada_config, train_config
+from jdllm.train.diffusion import _manager, make_optimizer, problems_to_sft, restore_checkpoint
+from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
+
+KINDS = ("start", "op", "operand", "result", "final", "eos")
+STEP_LAYOUT = {0: "space", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "eq", 6: "result", 7: "result",
+               8: "result"}  # " +007=019"
+
+
+def kinds_of(answer: str) -> list[str]:
+    """The kind of each character of a chain "SSS oBBB=CCC ... #### N"."""
+    mark = answer.index(" ####")
+    out = []
+    for i, ch in enumerate(answer):
+        if i < 3:
+            out.append("start")
+        elif i >= mark:
+            out.append("final" if ch.isdigit() else "mark")
+        else:
+            out.append(STEP_LAYOUT[(i - 3) % 9])
+    return out
+
+
+def main(argv: list[str]) -> None:
+    ckpt, rest = argv[0], argv[1:]
+    args = parse_args(["--out", "/nonexistent", "--d-model", "128", "--n-layers", "6"] + rest)
+    tok = wp.word_tokenizer()
+    cfg, tc = small_llada_config(tok, args, 2048), train_config(args)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    tree = restore_checkpoint(_manager(ckpt, tc), params, make_optimizer(tc).init(params))
+    model = nnx.merge(graphdef, tree["params"])
+    probs = wp.make_problems(256, "test", seed=1)
+    data = problems_to_sft(tok, probs, PROMPT_LEN, GEN_LEN)
+    kinds = np.full(data.tokens.shape, "", dtype=object)
+    for r, p in enumerate(probs):
+        ks = kinds_of(p.answer_text)
+        if len(tok.encode(p.answer_text)) != len(ks):
+            raise ValueError(f"expected one token per character: {p.answer_text!r}")
+        kinds[r, PROMPT_LEN: PROMPT_LEN + len(ks)] = ks
+        kinds[r, PROMPT_LEN + len(ks):] = "eos"
+    forward = jax.jit(lambda t, m: model(t, attention_mask=m).argmax(-1))
+
+    def predict(masked):
+        noisy = np.where(masked, cfg.mask_id, data.tokens)
+        return np.concatenate([np.asarray(forward(jnp.asarray(noisy[s: s + 64]),
+                                                  jnp.asarray(data.attention_mask[s: s + 64])))
+                               for s in range(0, len(noisy), 64)])
+
+    print(f"step {int(tree['step'])}, 256 held-out problems")
+    for k in KINDS:
+        m = kinds == k
+        print(f"  {k:8s} masked alone, rest of the answer visible: {(predict(m)[m] == data.tokens[m]).mean():.3f}")
+    pred = predict(data.answer_mask.astype(bool))
+    print("  whole answer masked: " + ", ".join(
+        f"{k} {(pred[kinds == k] == data.tokens[kinds == k]).mean():.3f}" for k in KINDS))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
