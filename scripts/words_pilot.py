@@ -18,24 +18,11 @@ import sys
 import time
 
 from jdllm.tasks import word_problems as wp
-from jdllm.tokenizer import build_char_tokenizer
 from jdllm.train.common import quick_eval, small_llada_config, train_config
 from jdllm.train.diffusion import problems_to_sft, train
 from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
 
 VARIANTS = ("full", "one-op", "known-words")
-
-
-def known_words_tokenizer():
-    """`word_tokenizer` with the listed names and objects as whole-word tokens too."""
-    from tokenizers import Regex, normalizers
-
-    words = set(wp.vocabulary_words()) | {n.lower() for n in wp.NAMES} | set(wp.OBJECTS)
-    tok = build_char_tokenizer(wp.alphabet(), words=sorted(words))
-    tok.hf.normalizer = normalizers.Sequence([
-        normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[ \t\r\f\v]+"), " "),
-        normalizers.Replace(Regex(r" ?\n ?"), "\n"), normalizers.Strip(left=True, right=False)])
-    return tok
 
 
 def problems(variant: str, n: int, split: str, seed: int) -> list:
@@ -59,7 +46,7 @@ def main(argv: list[str]) -> None:
     tok = wp.word_tokenizer()
     if variant == "known-words":
         wp.MADE_UP_RATE = 0.0  # this process only: no made-up names / objects
-        tok = known_words_tokenizer()
+        tok = wp.word_tokenizer(extra_words=wp.NAMES + wp.OBJECTS)  # listed names / objects as whole words
     t = time.time()
     data = problems_to_sft(tok, problems(variant, args.train_pool, "train", args.seed), PROMPT_LEN, GEN_LEN)
     held_out = problems(variant, 64, "test", args.seed + 1)

@@ -434,16 +434,16 @@ def alphabet() -> str:
     return "\n" + "".join(chr(c) for c in range(32, 127))
 
 
-def word_tokenizer():
-    """The tokenizer of the word-problem model: characters, the template words (`vocabulary_words`) as whole-word
-    tokens, digits one token each. Its normaliser (stored in tokenizer.json) applies NFKC, lower-cases, turns tabs
-    and runs of spaces into one space and drops spaces around newlines and at the start, so case and whitespace
-    do not change what the model sees."""
+def word_tokenizer(extra_words: tuple[str, ...] = ()):
+    """The tokenizer of the word-problem model: characters, the template words (`vocabulary_words`, plus
+    `extra_words`) as whole-word tokens, digits one token each. Its normaliser (stored in tokenizer.json) applies
+    NFKC, lower-cases, turns tabs and runs of spaces into one space and drops spaces around newlines and at the
+    start, so case and whitespace do not change what the model sees."""
     from tokenizers import Regex, normalizers
 
     from jdllm.tokenizer import build_char_tokenizer
 
-    tok = build_char_tokenizer(alphabet(), words=vocabulary_words())
+    tok = build_char_tokenizer(alphabet(), words=sorted(set(vocabulary_words()) | {w.lower() for w in extra_words}))
     tok.hf.normalizer = normalizers.Sequence([
         normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[ \t\r\f\v]+"), " "),
         normalizers.Replace(Regex(r" ?\n ?"), "\n"), normalizers.Strip(left=True, right=False)])
