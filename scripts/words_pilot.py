@@ -6,6 +6,7 @@ schedule of --steps, stopped at --stop-at) with one thing changed:
     python scripts/words_pilot.py one-op --stop-at 1000            # one operation per problem only
     python scripts/words_pilot.py known-words --stop-at 1000       # listed names / objects only, whole-word tokens
     python scripts/words_pilot.py one-op --stop-at 750 --lr 0.001  # any `jdllm train words` option passes through
+    python scripts/words_pilot.py one-op --stop-at 750 --fourier-periods 2,5,10  # digit rows seeded with features
 
 Logs the loss every 100 steps and the greedy held-out accuracy on 64 problems of the same variant every 250
 steps (`docs/words_model_pilots.md` records the figures). Nothing is written to disk.
@@ -20,6 +21,7 @@ import time
 from jdllm.tasks import word_problems as wp
 from jdllm.train.common import quick_eval, small_llada_config, train_config
 from jdllm.train.diffusion import problems_to_sft, train
+from jdllm.train.shipped import number_init
 from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
 
 VARIANTS = ("full", "one-op", "known-words")
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> None:
           f"{data.attention_mask[:, :PROMPT_LEN].sum(-1).mean():.1f}", flush=True)
     result = train(small_llada_config(tok, args, 2048), train_config(args), data,
                    callback=quick_eval(held_out, tok, GEN_LEN, PROMPT_LEN), callback_every=250,
-                   stop_at=args.stop_at, progress=False)
+                   stop_at=args.stop_at, progress=False, init_fn=number_init(tok, args.fourier_periods, count=10))
     print("held-out accuracy by step:",
           [(h["step"], h["quick_acc"]) for h in result.history if h.get("quick_acc") is not None])
 

@@ -159,3 +159,17 @@ def test_parse_question_inverts_render():
 ])
 def test_check_question_names_what_is_outside(question, reason):
     assert reason in wp.check_question(question)
+
+
+def test_digit_fourier_init_targets_the_digit_tokens():
+    """`jdllm train words --fourier-periods 2,5,10` seeds the rows of the ten digit tokens; numbers of two digits
+    are not single tokens of this tokenizer, and asking for them is an error."""
+    from jdllm.train.shipped import number_init
+
+    tok = wp.word_tokenizer()
+    init = number_init(tok, "2,5,10", count=10)
+    assert [tok.decode([i]) for i in init.keywords["number_ids"]] == [str(d) for d in range(10)]
+    assert init.keywords["periods"] == [2.0, 5.0, 10.0]
+    assert number_init(tok, "none", count=10) is None
+    with pytest.raises(ValueError, match="number 10 is not a single token"):
+        number_init(tok, "2,5,10", count=11)

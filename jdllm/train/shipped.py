@@ -160,13 +160,14 @@ def record_history(ckpt_dir: str, result):
     return meta["history"], meta["seconds"]
 
 
-def number_init(tok, periods: str):
-    """`fourier_number_init` for the numbers 0..99 of the shipped tokenizer (each is one token), or None."""
+def number_init(tok, periods: str, count: int = 100):
+    """`fourier_number_init` for the numbers 0..count-1 of `tok` (each must be one token: 0..99 for the shipped
+    arithmetic tokenizer, the digits 0..9 with `count=10` for the word-problem one), or None for "none"."""
     if periods.strip().lower() == "none":
         return None
     values = [float(x) for x in periods.split(",")]
     ids = []
-    for n in range(100):
+    for n in range(count):
         enc = tok.encode(str(n))
         if len(enc) != 1:
             raise ValueError(f"number {n} is not a single token of the tokenizer")

@@ -27,7 +27,7 @@ from jdllm.tasks import word_problems
 from jdllm.text import write_tokenizer_config
 from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
 from jdllm.train.diffusion import evaluate, export_llada, param_count, train
-from jdllm.train.shipped import record_history
+from jdllm.train.shipped import number_init, record_history
 from jdllm.weights.hf import load_hf
 
 PROMPT_LEN = 96  # question + newline (<= 91 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
@@ -61,6 +61,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between quick evaluations (0: none)")
     ap.add_argument("--quick-eval-n", type=int, default=64)
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--fourier-periods", default="none",
+                    help="seed the digit tokens' embedding / head rows with Fourier features of their value, e.g. "
+                         "'2,5,10' (`fourier_number_init`); 'none': plain random initialisation")
     ap.add_argument("--bucket-pool", type=int, default=64,
                     help="batches of similar question length from pools of this many batches, left padding "
                          "trimmed (0: fixed-width rows)")
@@ -80,8 +83,8 @@ def main(argv=None):
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
     callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
-    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback,
-                   callback_every=args.eval_every, stop_at=args.stop_at)
+    result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback, callback_every=args.eval_every,
+                   stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10))
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "max_prompt_length": PROMPT_LEN, "answer_pattern": ANSWER_PATTERN,
@@ -151,7 +154,7 @@ operations of + - x and exact division, a worked chain before `#### answer`.{par
 ```
 jdllm train words --out {args.out} --steps {tc.steps} --d-model {cfg.d_model} --n-layers {cfg.n_layers} \\
     --n-heads {cfg.n_heads} --mlp {cfg.mlp_hidden_size} --batch-size {tc.batch_size} --lr {tc.peak_lr} --seed {tc.seed} \\
-    --bucket-pool {tc.bucket_pool}
+    --bucket-pool {tc.bucket_pool} --fourier-periods {args.fourier_periods}
 ```
 Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixed masking noise
 (`fold_in(key(seed), step)`); resumable from the orbax checkpoints in `--ckpt-dir`.
