@@ -63,6 +63,7 @@ FACTORS = (2, 9)  # multiplier / divisor range
 GROUPS_RANGE = (2, 9)  # groups frame: number of groups (the one-digit factor)
 PER_GROUP_RANGE = (2, 99)  # groups frame: items per group (the chain's start)
 OPERAND_DIGITS = (0.4, 0.6, 0.0)  # + and - operands: weights of 1, 2 and 3 digits
+OPERAND_RANGE = (1, 10 ** max(d + 1 for d, w in enumerate(OPERAND_DIGITS) if w > 0) - 1)  # what those weights draw
 WIDTH = 3  # digits of every number in the chain (zero-padded)
 MAX_ANSWER_CHARS = 62  # the longest chain (5 steps, 3-digit answer) has 57 characters: fits a 64-token region
 MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 91 tokens of `word_tokenizer` with the newline)
@@ -378,16 +379,13 @@ def parse_question(question: str) -> tuple[str, int, list[tuple[str, int]]] | No
     if opening is None:
         return None
     frame, start, ops, body = opening
+    tail = []
     if frame == "present" and body:
         last = body[-1]
         connective = next((c for c in _CONNECTIVES if last.startswith(c)), "")
         share = _SHARE.fullmatch(last[len(connective):])
         if share and bool(connective) == (len(body) > 1):
             frame, body, tail = "sharing", body[:-1], [("/", int(share.group(1)))]
-        else:
-            tail = []
-    else:
-        tail = []
     lead = len(ops)
     for i, sentence in enumerate(body):
         step = _step(sentence, frame, first=(i == 0))
@@ -418,7 +416,7 @@ def check_question(question: str) -> str | None:
         return f"the starting number {start} is outside the trained range {lo_start}..{hi_start}"
     cur = start
     for i, (op, n) in enumerate(ops):
-        lo, hi = (GROUPS_RANGE if frame == "groups" and i == 0 else FACTORS) if op in "*/" else (1, 10 ** 2 - 1)
+        lo, hi = (GROUPS_RANGE if frame == "groups" and i == 0 else FACTORS) if op in "*/" else OPERAND_RANGE
         if not lo <= n <= hi:
             return f"the operand {n} of {op} is outside the trained range {lo}..{hi}"
         if op == "/" and cur % n:

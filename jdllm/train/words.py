@@ -170,13 +170,14 @@ Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixe
   first `<|eos|>`, e.g. `016 *004=064 -005=059 #### 59` (running totals, zero-padded to three digits so that
   every step has the same width; the final answer after `####` is plain).
 
+- Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
+
 ## Where it stops working
 `jdllm generate` warns on stderr (and still answers, exit 0) when `word_problems.check_question` finds the
 question outside what the model was trained on: a sentence that is not one of the task's templates (below; one
-word per name or object), more than {w.N_OPS[-1]} operations, a + or - operand over 99, a x or / factor outside
+word per name or object), more than {w.N_OPS[-1]} operations, a + or - operand over {w.OPERAND_RANGE[1]}, a x or / factor outside
 {w.FACTORS[0]}..{w.FACTORS[1]}, a start over {w.MAX_VALUE}, a value leaving 0..{w.MAX_VALUE} or a division that is not exact.
 Inside those forms the accuracy above is what to expect; outside them the answer is unreliable.
-- Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
 
 ## Architecture
 LLaDA layout (`block_type: llama`): pre-RMSNorm, rotary positions, bidirectional multi-head attention, SwiGLU
@@ -209,7 +210,7 @@ loss, fewer columns). Full loss log: `loss_log.json`.
   every value 0..{w.MAX_VALUE}, divisions exact; answers over
   {w.MAX_ANSWER_CHARS} characters or questions over {w.MAX_QUESTION_CHARS} are re-drawn.
 - {len(w.NAMES)} listed names and {len(w.OBJECTS)} objects, plus (1 in 3) words made up from syllables.
-- Split: 1 in {w.TEST_BUCKETS} canonical forms (the arithmetic alone, e.g. `4*6-5`) held out by a hash.
+- Split: 1 in {w.TEST_BUCKETS} canonical forms (the arithmetic alone, e.g. `16*4-5`) held out by a hash.
 
 ## Notes
 {args.notes or "-"}
