@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    bundle = load_bundle()
+    bundle = load_bundle("arith-llada-tiny")  # the model its recorded results were measured on
     prompts = [bundle.encode_prompt(p.question) for p in make_problems(args.batch_size, split="test", seed=0)]
     kw = dict(gen_length=args.gen_length, block_length=32, steps=args.gen_length, prompt_length=max(map(len, prompts)))
     rows = []

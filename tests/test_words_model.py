@@ -63,9 +63,9 @@ def test_generate_warns_on_stderr_and_exits_zero(capsys):
     """The shipped arithmetic model was trained on prompts of at most 32 tokens: a longer one is answered, with a
     warning on stderr; a prompt inside the region gets none."""
     q = "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
-    assert main(["generate", "-q", q]) == 0
+    assert main(["generate", "--model", "arith-llada-tiny", "-q", q]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert main(["generate", "-q", q + " " + q]) == 0
+    assert main(["generate", "--model", "arith-llada-tiny", "-q", q + " " + q]) == 0
     captured = capsys.readouterr()
     assert "jdllm generate: warning:" in captured.err and "more than the 32" in captured.err
 
