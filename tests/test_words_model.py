@@ -40,6 +40,46 @@ def test_fifty_held_out_problems(bundle):
     assert np.mean([pattern.search(a) is not None for a in answers]) >= 0.9  # answers have the trained form
 
 
+# Written before the shipped model was trained, one per frame and variant; no name or object is in the task's
+# lists (`wp.NAMES`, `wp.OBJECTS`), and every one passes `wp.check_question`.
+QUESTIONS = [  # (frame, question, answer): written before the model was trained; names and objects not in the task's lists
+    ("present", "Bartholomew has 23 walnuts. He finds 48 more. Then he gives away 16. After that, he now has 3 times as many. How many walnuts does Bartholomew have now?", 165),
+    ("present", "Xiomara has 640 postcards. She sells 35. Then she splits them into 5 equal piles and keeps one pile. How many postcards are left?", 121),
+    ("past", "Gwendolyn had 17 acorns. She found 9 more. Then she lost 8. How many acorns did Gwendolyn have in the end?", 18),
+    ("past", "Oluwaseun had 125 lemons. He sold 60. Then he ended up with 4 times as many. Later he ate 27 of them. How many lemons were left?", 233),
+    ("container", "A crate has 42 pinecones. Siobhan puts in 19. Then she takes out 7. How many pinecones are in the crate now?", 54),
+    ("container", "A jar has 305 buttons. Mateo removes 48. Then he adds 26 more. Next he takes 9 buttons out. How many buttons does the jar hold now?", 274),
+    ("groups", "Priyanka has 7 boxes. Each box has 36 crayons. How many crayons are there in all?", 252),
+    ("groups", "Henrique has 9 shelves. Each shelf has 84 books. He gives away 56. How many books does he have in total?", 700),
+    ("sharing", "Kwame has 96 stickers. He shares them equally among 8 classmates. How many does each classmate get?", 12),
+    ("sharing", "Esperanza has 45 lemons. She buys 39 more. Then she shares them equally among 6 cousins. How many lemons does each cousin get?", 14),
+]
+
+
+def test_questions_are_inside_the_trained_forms():
+    for frame, question, answer in QUESTIONS:
+        assert wp.check_question(question) is None, question
+        parsed_frame, value, ops = wp.parse_question(question)
+        assert parsed_frame == frame
+        for op, n in ops:
+            value = wp.apply_op(value, op, n)
+        assert value == answer
+
+
+def test_every_phrasing_with_unseen_names_through_the_cli(capsys):
+    """The README's main job on the default model: each question answered right, no warning (exit 0)."""
+    from jdllm.shipped import DEFAULT_MODEL
+
+    if DEFAULT_MODEL != MODEL or not (assets_dir() / MODEL / "model.safetensors").exists():
+        pytest.skip(f"{MODEL} is not the default model")
+    assert main(["generate", "-q"] + [q for _, q, _ in QUESTIONS]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == len(QUESTIONS) and "warning" not in captured.err
+    wrong = [(q, line) for (_, q, a), line in zip(QUESTIONS, lines) if not wp.score(line, str(a))]
+    assert not wrong, wrong
+
+
 def test_case_and_spacing_do_not_change_the_prompt(bundle):
     q = "Lily has 4 bags. Each bag has 6 cookies. How many cookies does Lily have?"
     messy = "  lily HAS 4 bags.   each bag has 6 COOKIES.\tHow many cookies does lily have?  "

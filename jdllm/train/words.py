@@ -38,6 +38,22 @@ ANSWER_PATTERN = r"^\d{3}( [-+*/]\d{3}=\d{3})+ #### \d+$"  # generation_config.j
 
 _LOG = get_logger(__name__)
 
+PILOTS = """All on the project's 2-core CPU, 6 layers unless noted; figures and probes in `docs/words_model_pilots.md`.
+
+| pilot | task | change | result |
+|---|---|---|---|
+| 1 | v1 (unpadded chains) | 4 layers, lr 3e-3, 3000 steps | 1.4% on 500 held-out |
+| 2 | v1 | lr 3e-3, stopped at step 2600 | 1.6% quick held-out (64) |
+| 3 | v2 (zero-padded running totals) | lr 3e-3, length-bucketed batches, stopped at 3000 | 6.2% quick held-out; loss flat |
+| 4 | v2 | lr 1e-3, stopped at step 4500 (61 min) | 9.6% on 500 held-out; the digits of a new total right 61% of the time |
+| this model | v2 | lr 1e-3 and digit rows seeded with Fourier features (periods 2, 5, 10) | above |
+
+What they taught: lr 3e-3 stalls even one-operation problems (loss flat from step 300); spelling names by
+character is not the bottleneck (whole-word names learn no faster); copying numbers and operations is learned
+by step 4000, the arithmetic facts (the digits of each new total) are what is slow. Seeding the digit embeddings
+with their value's Fourier features speeds those up: at step 1000 the probe (`scripts/words_probe.py`) finds the
+digits of a new total right 46% of the time, against 34% in pilot 4 (which reached 50% only at step 2000)."""
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="jdllm train words", description=__doc__,
@@ -69,11 +85,15 @@ def parse_args(argv=None):
                          "trimmed (0: fixed-width rows)")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--notes", default="", help="text appended to the model card (pilots, what was tried)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="only re-render OUT/MODEL_CARD.md from the run's OUT/eval.json and OUT/loss_log.json")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.card_only:
+        return rewrite_card(args)
     ckpt_dir = args.ckpt_dir or os.path.join(os.path.dirname(os.path.abspath(args.out)), "ckpt")
     if args.fresh and os.path.isdir(ckpt_dir):
         shutil.rmtree(ckpt_dir)
@@ -113,6 +133,20 @@ def main(argv=None):
         json.dump(history, f, indent=0)
     write_card(args, cfg, tc, history, report, param_count(model), size_mb, result.step)
     return acc
+
+
+def rewrite_card(args) -> float:
+    """Re-render the model card of a finished export from its own records (the card's text changed, the run not)."""
+    with open(os.path.join(args.out, "eval.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(args.out, "loss_log.json")) as f:
+        history = json.load(f)
+    tok = word_problems.word_tokenizer()
+    cfg, tc = small_llada_config(tok, args, MAX_SEQ_LEN), train_config(args)
+    model = load_hf(args.out)
+    size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 2**20
+    write_card(args, cfg, tc, history, report, param_count(model), size_mb, report["step"])
+    return report["accuracy"]
 
 
 def frame_accuracy(model, tok, seed: int, n: int = 100) -> dict[str, float]:
@@ -211,6 +245,9 @@ loss, fewer columns). Full loss log: `loss_log.json`.
   {w.MAX_ANSWER_CHARS} characters or questions over {w.MAX_QUESTION_CHARS} are re-drawn.
 - {len(w.NAMES)} listed names and {len(w.OBJECTS)} objects, plus (1 in 3) words made up from syllables.
 - Split: 1 in {w.TEST_BUCKETS} canonical forms (the arithmetic alone, e.g. `16*4-5`) held out by a hash.
+
+## Pilots that did not reach the bar
+{PILOTS}
 
 ## Notes
 {args.notes or "-"}
