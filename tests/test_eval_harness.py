@@ -105,6 +105,62 @@ def test_choices_of_one_context_share_their_draws(lm):
     assert a == b and a > c
 
 
+def test_rolling_one_token_text_is_its_exact_log_probability(lm):
+    """A one-token text with no context: every draw masks it, so the rolling log-likelihood is exactly
+    log softmax(logits)[token] of the reference model on a lone mask."""
+    from lm_eval.api.instance import Instance
+
+    from tests.reference.checkpoints import read_checkpoint
+    from tests.reference.model import RefModel
+
+    ref = RefModel(*read_checkpoint(assets_dir() / "arith-llada-tiny"))
+    (token,) = lm.bundle.tokenizer.encode("12")
+    logits = np.asarray(ref(np.asarray([[lm.bundle.model.config.mask_id]])), np.float64)[0, 0]
+    logits = logits - logits.max()
+    expected = logits[token] - np.log(np.exp(logits).sum())
+    (got,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("12",), 0)])
+    assert got == pytest.approx(expected, abs=2e-4)
+
+
+def test_rolling_windows_cover_every_token_once():
+    """Each token is a target of exactly one window, in order; every window fits in max_length, its prefix is
+    the tokens right before its target, and after the first window that prefix is at least half a window."""
+    from jdllm.eval.harness import JdllmLM
+
+    for width in (4, 7, 8):
+        lm = JdllmLM(pretrained=str(assets_dir() / "arith-llada-tiny"), mc_num=4, mc_batch_size=4, max_length=width)
+        for n in (1, 3, width, width + 1, 3 * width + 2):
+            ids = list(range(100, 100 + n))
+            windows = lm.rolling_windows(ids)
+            assert [t for _, target in windows for t in target] == ids
+            pos = 0
+            for k, (prefix, target) in enumerate(windows):
+                assert target and len(prefix) + len(target) <= width
+                assert prefix == ids[pos - len(prefix): pos] if prefix else k == 0
+                assert k == 0 or len(prefix) >= width // 2
+                pos += len(target)
+
+
+def test_rolling_sums_its_windows_and_prefers_real_text():
+    """A text longer than max_length: the sum of its windows' ELBOs (no error, nothing cut), and the model's own
+    kind of text scores higher than the same characters shuffled."""
+    from lm_eval.api.instance import Instance
+
+    from jdllm.eval.harness import JdllmLM, context_key
+
+    lm = JdllmLM(pretrained=str(assets_dir() / "arith-llada-tiny"), mc_num=8, mc_batch_size=4, max_length=8)
+    text = "Tom has 12 apples. He buys 7. Then he loses 5. How many apples does Tom have?"
+    ids = lm.bundle.tokenizer.encode(text)
+    assert len(ids) > 16
+    (total,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    parts = [lm.masked_elbo(p, t, np.random.default_rng([lm.seed, context_key(p + t)]))
+             for p, t in lm.rolling_windows(ids)]
+    assert total == pytest.approx(sum(parts), rel=1e-5) and len(parts) >= 4
+    shuffled = "".join(np.random.default_rng(0).permutation(list(text)))
+    (worse,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (shuffled,), 0)])
+    assert worse < total
+
+
 def test_generate_until_batches_cuts_at_stops_and_keeps_order(lm):
     from lm_eval.api.instance import Instance
 

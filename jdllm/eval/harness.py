@@ -21,6 +21,8 @@ LLaDA's `eval_llada.py` does, the model is registered and lm-eval's `cli_evaluat
   (1/b) sum_i sum_masked -log p(token) / (x_i / T). The draws of `batch_size` requests run as one forward. The draws of a request are seeded by (seed, its context),
   so the choices of one item share them (common random numbers). `check_greedy=True` also reports whether greedy decoding
   of the continuation (one token per step, most confident first) reproduces it.
+- `loglikelihood_rolling` (perplexity tasks): the same ELBO summed over windows of at most `max_length` tokens
+  (`rolling_windows`): a lower bound on log p, so the perplexity it gives is an upper bound.
 """
 
 from __future__ import annotations
@@ -343,9 +345,42 @@ class JdllmLM(LM):
                              remasking="low_confidence", temperature=0.0)
         return [int(t) for t in res.tokens[0]] == list(target)
 
+    def rolling_windows(self, ids: list[int]) -> list[tuple[list[int], list[int]]]:
+        """(prefix, target) windows covering `ids` once: at most `max_length` tokens each (default: the model's
+        `max_seq_len`); the first window has no prefix, each later one scores the next `max_length // 2` tokens
+        after the `max_length // 2`-or-more tokens before them (so every window fits, and every token after the
+        first window has at least half a window of left context)."""
+        width = self.max_length or self.bundle.model.config.max_seq_len
+        step = max(1, width // 2)
+        windows, pos = [(list(), list(ids[:width]))], width
+        while pos < len(ids):
+            target = list(ids[pos: pos + step])
+            windows.append((list(ids[max(0, pos + len(target) - width): pos]), target))
+            pos += len(target)
+        return windows
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        raise NotImplementedError("jdllm: loglikelihood_rolling (perplexity tasks) is not implemented; a masked "
-                                  "diffusion model has no left-to-right likelihood (LLaDA's eval does not either)")
+        """Log-likelihood of each whole text for lm-eval's perplexity tasks, as the sum over `rolling_windows` of
+        LLaDA's masked-diffusion ELBO (`masked_elbo`) of each window's target after its prefix. The ELBO is a
+        lower bound on log p (arXiv 2502.09992 Eq. 6), estimated with `mc_num` draws, so perplexities computed
+        from it are upper bounds (LLaDA's paper reports perplexity the same way); a masked-diffusion model has no
+        exact left-to-right likelihood."""
+        draws, owner = [], []
+        for i, req in enumerate(requests):
+            text = req.args[0]
+            ids = self.bundle.tokenizer.encode(text)
+            if not ids:
+                raise ValueError(f"jdllm loglikelihood_rolling: request {i} has no tokens ({text!r})")
+            for prefix, target in self.rolling_windows(ids):
+                draws.append(self.draws(prefix, target, np.random.default_rng([self.seed, context_key(prefix + target)])))
+                owner.append(i)
+        totals = np.zeros(len(requests))
+        for i, elbo in zip(owner, self.elbos(draws)):
+            totals[i] += elbo
+        out = [float(t) for t in totals]
+        for req, result in zip(requests, out):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
+        return out
 
     # ------------------------------------------------------------------------------------------ chat
     @property
