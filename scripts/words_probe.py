@@ -6,7 +6,7 @@
 Restores the latest orbax checkpoint of `jdllm train words` (pass the run's model options), takes 256 held-out
 problems, and for each kind of answer token (start, op, operand, result, final answer, EOS) masks all tokens of
 that kind with the rest of the answer visible, one forward: argmax accuracy on them. Then the same with the whole
-answer masked. Copying the final answer from the last result ("=059 #### 59") needs only local attention; a
+answer masked, and each step's result digits alone (by operation and place). Copying the final answer from the last result ("=059 #### 59") needs only local attention; a
 model that fails at it has not learned to read the chain.
 """
 from __future__ import annotations
@@ -43,6 +43,16 @@ def kinds_of(answer: str) -> list[str]:
     return out
 
 
+def result_slots(answer: str) -> list[str]:
+    """For each character: "<op> <place>" of a result digit (e.g. "* tens"), else ""."""
+    mark, out = answer.index(" ####"), []
+    for i in range(len(answer)):
+        slot = (i - 3) % 9
+        out.append(f"{answer[3 + 9 * ((i - 3) // 9) + 1]} {('hundreds', 'tens', 'ones')[slot - 6]}"
+                   if 3 <= i < mark and slot >= 6 else "")
+    return out
+
+
 def main(argv: list[str]) -> None:
     ckpt, rest = argv[0], argv[1:]
     args = parse_args(["--out", "/nonexistent", "--d-model", "128", "--n-layers", "6"] + rest)
@@ -54,12 +64,14 @@ def main(argv: list[str]) -> None:
     probs = wp.make_problems(256, "test", seed=1)
     data = problems_to_sft(tok, probs, PROMPT_LEN, GEN_LEN)
     kinds = np.full(data.tokens.shape, "", dtype=object)
+    slots = np.full(data.tokens.shape, "", dtype=object)
     for r, p in enumerate(probs):
         ks = kinds_of(p.answer_text)
         if len(tok.encode(p.answer_text)) != len(ks):
             raise ValueError(f"expected one token per character: {p.answer_text!r}")
         kinds[r, PROMPT_LEN: PROMPT_LEN + len(ks)] = ks
         kinds[r, PROMPT_LEN + len(ks):] = "eos"
+        slots[r, PROMPT_LEN: PROMPT_LEN + len(ks)] = result_slots(p.answer_text)
     forward = jax.jit(lambda t, m: model(t, attention_mask=m).argmax(-1))
 
     def predict(masked):
@@ -72,6 +84,18 @@ def main(argv: list[str]) -> None:
     for k in KINDS:
         m = kinds == k
         print(f"  {k:8s} masked alone, rest of the answer visible: {(predict(m)[m] == data.tokens[m]).mean():.3f}")
+    # One step's result at a time, everything else visible (masking every result at once also hides the inputs
+    # of all steps but the first: the previous total is the previous step's result).
+    m = kinds == "result"
+    step_of = np.full(data.tokens.shape, -1)
+    step_of[:, PROMPT_LEN:] = (np.arange(GEN_LEN) - 3) // 9
+    right = np.zeros(data.tokens.shape, bool)
+    for j in range(max(wp.N_OPS)):
+        mj = m & (step_of == j)
+        right |= mj & (predict(mj) == data.tokens)
+    print(f"  result   one step masked, its inputs visible: {right[m].mean():.3f}")
+    print("    by operation and place: " + ", ".join(
+        f"{s} {right[slots == s].mean():.2f} ({(slots == s).sum()})" for s in sorted(set(slots[m]))))
     pred = predict(data.answer_mask.astype(bool))
     print("  whole answer masked: " + ", ".join(
         f"{k} {(pred[kinds == k] == data.tokens[kinds == k]).mean():.3f}" for k in KINDS))

@@ -15,7 +15,7 @@ from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
     TrainConfig, batch_indices, bucketed_batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
     fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule,
-    trim_padding)
+    trim_padding, focus_rows, mask_candidates)
 
 P, G = 96, 64
 
@@ -189,6 +189,37 @@ def test_diffusion_loss_feeds_the_masked_rows_and_scores_them_by_hand(tok, data)
     assert (noisy[~masked] == tokens[~masked]).all() and (seen_attn == attn).all()
     want, _ = _hand_sft_loss(logits, tokens, masked, p_mask, ans)
     assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_focus_rows_mask_only_their_focus_positions(tok, data):
+    """Focus rows (drawn per step from the seed) may mask only their focus positions, other rows the whole
+    answer; the loss is still normalised by each row's answer length."""
+    rows = focus_rows(64, step=3, seed=0, rate=0.5)
+    assert (rows == focus_rows(64, 3, 0, 0.5)).all() and 16 < rows.sum() < 48
+    assert not (rows == focus_rows(64, 4, 0, 0.5)).all() and not focus_rows(64, 3, 0, 0.0).any()
+    tokens, attn, ans = data.tokens[:8], data.attention_mask[:8], data.answer_mask[:8]
+    focus = np.zeros_like(ans)
+    focus[:, [P + 1, P + 3]] = True
+    focus[:, 0] = True  # a prompt position: never a candidate
+    pick = np.array([True, False] * 4)
+    cand = mask_candidates(ans, focus, pick)
+    assert (cand[pick] == (focus & ans)[pick]).all() and (cand[~pick] == ans[~pick]).all()
+    logits = np.random.default_rng(1).normal(size=(*tokens.shape, tok.vocab_size)).astype(np.float32)
+
+    @jax.jit
+    def run(key):
+        model = _RecordingModel(logits)
+        loss, _ = diffusion_loss(model, tokens, attn, ans, key, mask_id=tok.mask_id, eps=1e-3, candidates=cand)
+        return loss, model.seen[0][0], *draw_mask(key, cand, eps=1e-3)
+
+    for seed in range(3):
+        loss, noisy, masked, p_mask = map(np.asarray, run(jax.random.key(seed)))
+        assert ((noisy == tok.mask_id) == masked).all() and not (masked & ~cand).any() and masked[pick].any()
+        want, _ = _hand_sft_loss(logits, tokens, masked, p_mask, ans)
+        assert float(loss) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="focus_mask"):
+        train(tiny_cfg(tok), TrainConfig(steps=1, batch_size=4, focus_rate=0.5), data, progress=False,
+              log=lambda s: None)
 
 
 def test_training_makes_the_loss_fall(tok, data):

@@ -173,3 +173,13 @@ def test_digit_fourier_init_targets_the_digit_tokens():
     assert number_init(tok, "none", count=10) is None
     with pytest.raises(ValueError, match="number 10 is not a single token"):
         number_init(tok, "2,5,10", count=11)
+
+
+def test_result_positions_are_the_digits_after_each_equals_sign():
+    import re
+
+    for p in wp.make_problems(300, "train", seed=4):
+        text = p.answer_text
+        want = [m.start() + 1 + k for m in re.finditer("=", text) for k in range(wp.WIDTH)]
+        assert wp.result_positions(text) == want, text
+        assert all(text[i].isdigit() for i in want)

@@ -153,3 +153,19 @@ def test_sweep_end_to_end(tmp_path):
     assert set(report["summary"]["threshold"]) == {"fewest_nfe_within_1pt", "area", "max_drop_points"}
     plot_sweep(report, str(tmp_path / "sweep.png"))
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_training_focus_mask_marks_the_running_totals():
+    """`jdllm train words --focus-rate`: the focus positions of each row are the digits of its running totals."""
+    from jdllm.train.diffusion import problems_to_sft
+    from jdllm.train.words import GEN_LEN, PROMPT_LEN, focus_mask
+
+    tok = wp.word_tokenizer()
+    problems = wp.make_problems(40, "train", seed=3)
+    data = problems_to_sft(tok, problems, PROMPT_LEN, GEN_LEN)
+    focus = focus_mask(data, problems, tok.eos_id)
+    assert not focus[:, :PROMPT_LEN].any()
+    for r, p in enumerate(problems):
+        marked = tok.decode(data.tokens[r][focus[r]].tolist()).replace(" ", "")
+        totals = "".join(re.findall(r"=(\d{3})", p.answer_text))
+        assert marked == totals, (marked, p.answer_text)

@@ -144,6 +144,13 @@ def chain_of_thought(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
     return " ".join(parts) + f" {ANSWER_MARK} {cur}", cur
 
 
+def result_positions(answer_text: str) -> list[int]:
+    """Character offsets of the running totals' digits in a chain ("016 *004=064 -005=059 #### 59": the digits
+    after each "="): what the model computes rather than copies from the question (`focus_mask` of training)."""
+    mark, step = answer_text.index(f" {ANSWER_MARK}"), 2 * WIDTH + 3  # " *004=064"
+    return [i for i in range(WIDTH, mark) if (i - WIDTH) % step >= WIDTH + 3]
+
+
 _START_RE = re.compile(r"^\s*(\d+) ")
 _STEP_RE = re.compile(r"([-+*/])(\d+)=(\d+)")
 

@@ -66,18 +66,21 @@ class TrainConfig:
     init: str = "model"  # "model": the module's own initialisation; "gpt2": see `gpt2_init`
     bucket_pool: int = 0  # > 0: batches of similar prompt length, left padding trimmed (`bucketed_batch_indices`)
     trim_multiple: int = 16  # trimmed prompt widths are multiples of this (few distinct shapes, few compiles)
+    focus_rate: float = 0.0  # fraction of rows that mask only `SFTData.focus_mask` positions (`focus_rows`)
 
 
 # ========================================================================================================= data
 @dataclasses.dataclass
 class SFTData:
-    """Encoded SFT rows: tokens [N, P+G], attention mask (False on left padding), answer-region mask."""
+    """Encoded SFT rows: tokens [N, P+G], attention mask (False on left padding), answer-region mask, and
+    optionally the answer positions a task marks as computed rather than copied (`focus_rows`)."""
 
     tokens: np.ndarray
     attention_mask: np.ndarray
     answer_mask: np.ndarray
     prompt_len: int
     gen_len: int
+    focus_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -167,6 +170,22 @@ def trim_padding(data: SFTData, idx: np.ndarray, multiple: int) -> tuple[np.ndar
     return data.tokens[idx, cut:], data.attention_mask[idx, cut:], data.answer_mask[idx, cut:]
 
 
+def focus_rows(batch_size: int, step: int, seed: int, rate: float) -> np.ndarray:
+    """Which rows of the batch of `step` are focus rows (bool [B], each with probability `rate`; a pure function
+    of (seed, step), so a resumed run draws the same ones)."""
+    return np.random.default_rng([seed, step, 0xF0C5]).random(batch_size) < rate
+
+
+def mask_candidates(answer_mask: np.ndarray, focus_mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The positions `draw_mask` may mask: the focus positions in focus rows, the whole answer elsewhere.
+
+    A focus row keeps the copied parts of its answer visible and masks only computed ones (for word problems:
+    the digits of each running total), so the model sees those computations with their inputs in view far more
+    often than under uniform masking, where a result and both its operands are unmasked together only with
+    probability t (1 - t)^2 (1/12 on average). The loss of every row is still normalised by its answer length."""
+    return np.where(rows[:, None], focus_mask & answer_mask, answer_mask)
+
+
 # ==================================================================================================== objective
 def draw_mask(key: Array, answer_mask: Bool[Array, "b l"], *, eps: float,
               stratified_t: bool = True) -> tuple[Bool[Array, "b l"], Float[Array, " b"]]:
@@ -202,10 +221,11 @@ def sft_loss(logits: Float[Array, "b l v"], tokens: Int[Array, "b l"], masked: B
 
 
 def diffusion_loss(model: Transformer, tokens, attention_mask, answer_mask, key, *, mask_id: int, eps: float,
-                   stratified_t: bool = True):
-    """LLaDA SFT loss of one batch (`draw_mask`, then `sft_loss` of the model on the masked rows); returns
-    (loss, metrics)."""
-    masked, p_mask = draw_mask(key, answer_mask, eps=eps, stratified_t=stratified_t)
+                   stratified_t: bool = True, candidates=None):
+    """LLaDA SFT loss of one batch (`draw_mask` over `candidates`, default the answer, then `sft_loss` of the model
+    on the masked rows); returns (loss, metrics)."""
+    candidates = answer_mask if candidates is None else candidates
+    masked, p_mask = draw_mask(key, candidates, eps=eps, stratified_t=stratified_t)
     noisy = jnp.where(masked, mask_id, tokens)
     logits = model(noisy, attention_mask=attention_mask)
     return sft_loss(logits, tokens, masked, p_mask, answer_mask)
@@ -288,13 +308,15 @@ def _decay_mask(params):
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: ModelConfig, tc: TrainConfig):
     """A jitted `(params, opt_state, batch, key) -> (params, opt_state, metrics)`; params / opt_state donated."""
 
-    def loss_fn(params, tokens, attention_mask, answer_mask, key):
+    def loss_fn(params, tokens, attention_mask, answer_mask, candidates, key):
         model = nnx.merge(graphdef, params)
         return diffusion_loss(model, tokens, attention_mask, answer_mask, key, mask_id=cfg.mask_id, eps=tc.eps,
-                              stratified_t=tc.stratified_t)
+                              stratified_t=tc.stratified_t, candidates=candidates)
 
-    def step(params, opt_state, tokens, attention_mask, answer_mask, key):
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, tokens, attention_mask, answer_mask, key)
+    def step(params, opt_state, tokens, attention_mask, answer_mask, key, candidates=None):
+        candidates = answer_mask if candidates is None else candidates
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, tokens, attention_mask, answer_mask, candidates,
+                                                         key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
@@ -396,7 +418,13 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
         else:
             idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
             batch = data.tokens[idx], data.attention_mask[idx], data.answer_mask[idx]
-        params, opt_state, metrics = train_step(params, opt_state, *batch, key)
+        candidates = batch[2]
+        if tc.focus_rate > 0:
+            if data.focus_mask is None:
+                raise ValueError("focus_rate > 0 needs SFTData.focus_mask")
+            focus = data.focus_mask[idx][:, data.tokens.shape[1] - batch[0].shape[1]:]  # trimming cuts the left
+            candidates = mask_candidates(batch[2], focus, focus_rows(len(idx), step, tc.seed, tc.focus_rate))
+        params, opt_state, metrics = train_step(params, opt_state, *batch, key, candidates)
         if pending is not None:  # read the previous step's metrics (keeps one step in flight)
             window.append(float(pending["loss"]))
         pending = metrics
