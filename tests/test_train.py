@@ -15,7 +15,7 @@ from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
     TrainConfig, batch_indices, bucketed_batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
     fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule,
-    trim_padding, focus_rows, mask_candidates)
+    trim_padding, focus_rows, mask_candidates, SFTData)
 
 P, G = 96, 64
 
@@ -220,6 +220,28 @@ def test_focus_rows_mask_only_their_focus_positions(tok, data):
     with pytest.raises(ValueError, match="focus_mask"):
         train(tiny_cfg(tok), TrainConfig(steps=1, batch_size=4, focus_rate=0.5), data, progress=False,
               log=lambda s: None)
+
+
+def test_drill_steps_train_on_the_drill_rows_first(tok, data):
+    """`drill_steps`: the first steps draw from the drill rows (another width, focus positions only), then the
+    task's rows from their own step 0; without drill rows it refuses."""
+    with pytest.raises(ValueError, match="drill"):
+        train(tiny_cfg(tok), TrainConfig(steps=2, batch_size=4, drill_steps=1), data, progress=False,
+              log=lambda s: None)
+    drill = SFTData(data.tokens[:, P - 4:], data.attention_mask[:, P - 4:], data.answer_mask[:, P - 4:], 4, G)
+    drill.focus_mask = np.zeros(drill.tokens.shape, bool)
+    drill.focus_mask[:, 4] = True  # the first answer token only
+    quiet = {"progress": False, "log": lambda s: None}
+    res = train(tiny_cfg(tok), TrainConfig(steps=4, batch_size=4, drill_steps=2, log_every=1), data, drill=drill,
+                **quiet)
+    assert res.step == 4 and len(res.history) == 4 and all(np.isfinite(h["loss"]) for h in res.history)
+    # two drill steps are two steps of training on the drill rows with every row a focus row
+    drilled = train(tiny_cfg(tok), TrainConfig(steps=2, batch_size=4, drill_steps=2), data, drill=drill, **quiet)
+    direct = train(tiny_cfg(tok), TrainConfig(steps=2, batch_size=4, focus_rate=1.0), drill, **quiet)
+    plain = train(tiny_cfg(tok), TrainConfig(steps=2, batch_size=4), drill, **quiet)
+    leaves = [jax.tree_util.tree_leaves(nnx.state(r.model)) for r in (drilled, direct, plain)]
+    assert all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2]))
 
 
 def test_training_makes_the_loss_fall(tok, data):

@@ -169,3 +169,16 @@ def test_training_focus_mask_marks_the_running_totals():
         marked = tok.decode(data.tokens[r][focus[r]].tolist()).replace(" ", "")
         totals = "".join(re.findall(r"=(\d{3})", p.answer_text))
         assert marked == totals, (marked, p.answer_text)
+
+
+def test_drill_rows_are_the_chains_with_their_totals_in_focus():
+    from jdllm.train.words import DRILL_PROMPT_LEN, drill_data
+
+    tok = wp.word_tokenizer()
+    problems = wp.make_problems(30, "train", seed=5)
+    data = drill_data(tok, problems)
+    for r, p in enumerate(problems):
+        chain = p.answer_text.split(" ####")[0]
+        assert tok.decode(data.tokens[r, DRILL_PROMPT_LEN: DRILL_PROMPT_LEN + len(chain)].tolist()) == chain
+        marked = tok.decode(data.tokens[r][data.focus_mask[r]].tolist())
+        assert marked == "".join(re.findall(r"=(\d{3})", chain))

@@ -37,12 +37,12 @@ def small_llada_config(tok, args, max_seq_len: int) -> ModelConfig:
 
 def train_config(args) -> TrainConfig:
     """The optimiser / schedule settings of the command line (`steps`, `batch_size`, `lr`, `warmup`,
-    `weight_decay`, `seed`, `log_every`, `ckpt_every`, and `bucket_pool` / `focus_rate` where the command has
-    them)."""
+    `weight_decay`, `seed`, `log_every`, `ckpt_every`, and `bucket_pool` / `focus_rate` / `drill_steps` where
+    the command has them)."""
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup,
                        weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
                        ckpt_every=args.ckpt_every, bucket_pool=getattr(args, "bucket_pool", 0),
-                       focus_rate=getattr(args, "focus_rate", 0.0))
+                       focus_rate=getattr(args, "focus_rate", 0.0), drill_steps=getattr(args, "drill_steps", 0))
 
 
 def quick_eval(problems: Sequence, tok, gen_len: int, prompt_len: int) -> Callable:

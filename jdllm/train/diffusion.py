@@ -67,6 +67,7 @@ class TrainConfig:
     bucket_pool: int = 0  # > 0: batches of similar prompt length, left padding trimmed (`bucketed_batch_indices`)
     trim_multiple: int = 16  # trimmed prompt widths are multiples of this (few distinct shapes, few compiles)
     focus_rate: float = 0.0  # fraction of rows that mask only `SFTData.focus_mask` positions (`focus_rows`)
+    drill_steps: int = 0  # the first steps train on `train(drill=)` rows, masking only their focus positions
 
 
 # ========================================================================================================= data
@@ -365,17 +366,30 @@ class TrainResult:
     seconds: float  # wall time of this invocation's training loop (compile included)
 
 
+def _batch(data: SFTData, tc: TrainConfig, step: int, lengths: np.ndarray | None):
+    """(row indices, (tokens, attention_mask, answer_mask)) of the batch of `step` of `data`; with bucketing,
+    `lengths` are its prompt lengths."""
+    if tc.bucket_pool:
+        idx = bucketed_batch_indices(lengths, tc.batch_size, step, tc.seed, tc.bucket_pool)
+        return idx, trim_padding(data, idx, tc.trim_multiple)
+    idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
+    return idx, (data.tokens[idx], data.attention_mask[idx], data.answer_mask[idx])
+
+
 def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: str | None = None,
           resume: bool = True, progress: bool = True, stop_at: int | None = None,
           callback: Callable[[int, Transformer], dict[str, float] | None] | None = None,
           callback_every: int = 0, log: Callable[[str], None] | None = None,
-          init_fn: Callable | None = None) -> TrainResult:
+          init_fn: Callable | None = None, drill: SFTData | None = None) -> TrainResult:
     """Masked-diffusion SFT of a fresh `Transformer(model_cfg, rngs=nnx.Rngs(tc.seed))` on `data`.
 
     With `ckpt_dir`, checkpoints every `tc.ckpt_every` steps and at the end; with `resume`, continues from the
     latest checkpoint there. `init_fn(params) -> params` adjusts the fresh initialisation (e.g.
     `fourier_number_init`) before training starts. `stop_at` ends the loop early at that step (the schedule is
     still `tc.steps` long: used to simulate an interrupted run). `callback(step, model)` runs every `callback_every` steps (evaluation).
+    With `tc.drill_steps > 0`, steps 0..drill_steps-1 draw their batches from `drill` (whose rows mask only their
+    focus positions: e.g. arithmetic chains with the totals masked) and the later ones from `data`, starting at
+    its own step 0; one optimiser and one lr schedule over all `tc.steps`.
     """
     from tqdm.auto import tqdm
 
@@ -409,21 +423,23 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     bar = tqdm(total=end, initial=step0, disable=not progress, dynamic_ncols=True, mininterval=1.0 if tty else 60.0)
     step = step0
     pending = None
-    prompt_lengths = data.attention_mask[:, : data.prompt_len].sum(-1) if tc.bucket_pool else None
+    if tc.drill_steps and (drill is None or drill.focus_mask is None):
+        raise ValueError("drill_steps > 0 needs drill rows with a focus_mask")
+    lengths = {}  # prompt lengths per data set, for bucketing
     for step in range(step0, end):
         key = jax.random.fold_in(base_key, step)
-        if tc.bucket_pool:
-            idx = bucketed_batch_indices(prompt_lengths, tc.batch_size, step, tc.seed, tc.bucket_pool)
-            batch = trim_padding(data, idx, tc.trim_multiple)
-        else:
-            idx = batch_indices(len(data), tc.batch_size, step, tc.seed)
-            batch = data.tokens[idx], data.attention_mask[idx], data.answer_mask[idx]
+        drilling = step < tc.drill_steps
+        rows, row_step = (drill, step) if drilling else (data, step - tc.drill_steps)
+        if tc.bucket_pool and id(rows) not in lengths:
+            lengths[id(rows)] = rows.attention_mask[:, : rows.prompt_len].sum(-1)
+        idx, batch = _batch(rows, tc, row_step, lengths.get(id(rows)))
         candidates = batch[2]
-        if tc.focus_rate > 0:
-            if data.focus_mask is None:
+        rate = 1.0 if drilling else tc.focus_rate
+        if rate > 0:
+            if rows.focus_mask is None:
                 raise ValueError("focus_rate > 0 needs SFTData.focus_mask")
-            focus = data.focus_mask[idx][:, data.tokens.shape[1] - batch[0].shape[1]:]  # trimming cuts the left
-            candidates = mask_candidates(batch[2], focus, focus_rows(len(idx), step, tc.seed, tc.focus_rate))
+            focus = rows.focus_mask[idx][:, rows.tokens.shape[1] - batch[0].shape[1]:]  # trimming cuts the left
+            candidates = mask_candidates(batch[2], focus, focus_rows(len(idx), row_step, tc.seed, rate))
         params, opt_state, metrics = train_step(params, opt_state, *batch, key, candidates)
         if pending is not None:  # read the previous step's metrics (keeps one step in flight)
             window.append(float(pending["loss"]))

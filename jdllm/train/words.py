@@ -27,7 +27,7 @@ from jdllm.log import get_logger
 from jdllm.tasks import word_problems
 from jdllm.text import write_tokenizer_config
 from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
-from jdllm.train.diffusion import evaluate, export_llada, param_count, train
+from jdllm.train.diffusion import encode_sft, evaluate, export_llada, param_count, train
 from jdllm.train.shipped import number_init, record_history
 from jdllm.weights.hf import load_hf
 
@@ -90,6 +90,9 @@ def parse_args(argv=None):
     ap.add_argument("--focus-rate", type=float, default=0.0,
                     help="fraction of training rows that mask only the running totals' digits, the rest of the "
                          "answer visible (`jdllm.train.diffusion.mask_candidates`); 0: LLaDA's uniform masking only")
+    ap.add_argument("--drill-steps", type=int, default=0,
+                    help="train the first N steps on the training problems' chains alone (no question, no final "
+                         "answer), the totals masked and the start and operands visible (`drill_data`); 0: none")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--notes", default="", help="text appended to the model card (pilots, what was tried)")
     ap.add_argument("--card-only", action="store_true",
@@ -112,8 +115,9 @@ def main(argv=None):
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
     callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
+    drill = drill_data(tok, train_problems) if args.drill_steps else None
     result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback, callback_every=args.eval_every,
-                   stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10))
+                   stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10), drill=drill)
     history, train_seconds = record_history(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "max_prompt_length": PROMPT_LEN, "answer_pattern": ANSWER_PATTERN,
@@ -154,6 +158,21 @@ def focus_mask(data, problems, eos_id: int) -> np.ndarray:
             raise ValueError(f"row {r}: {n} answer tokens for {len(p.answer_text)} characters ({p.answer_text!r})")
         out[r, [data.prompt_len + i for i in word_problems.result_positions(p.answer_text)]] = True
     return out
+
+
+DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 56  # drill rows: a one-token prompt ("\n"), the chain (<= 53 tokens), EOS
+
+
+def drill_data(tok, problems):
+    """Arithmetic drill rows: each problem's chain without its question and final answer
+    ("016 *004=064 -005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
+    row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
+    chains = [p.answer_text[: p.answer_text.index(" " + word_problems.ANSWER_MARK)] for p in problems]
+    data = encode_sft(tok, ["\n"] * len(chains), chains, DRILL_PROMPT_LEN, DRILL_GEN_LEN)
+    data.focus_mask = np.zeros(data.tokens.shape, bool)
+    for r, chain in enumerate(chains):
+        data.focus_mask[r, [DRILL_PROMPT_LEN + i for i in word_problems.result_positions(chain + " ####")]] = True
+    return data
 
 
 def rewrite_card(args) -> float:
@@ -209,7 +228,8 @@ operations of + - x and exact division, a worked chain before `#### answer`.{par
 ```
 jdllm train words --out {args.out} --steps {tc.steps} --d-model {cfg.d_model} --n-layers {cfg.n_layers} \\
     --n-heads {cfg.n_heads} --mlp {cfg.mlp_hidden_size} --batch-size {tc.batch_size} --lr {tc.peak_lr} --seed {tc.seed} \\
-    --bucket-pool {tc.bucket_pool} --fourier-periods {args.fourier_periods} --focus-rate {tc.focus_rate}
+    --bucket-pool {tc.bucket_pool} --fourier-periods {args.fourier_periods} --focus-rate {tc.focus_rate} \\
+    --drill-steps {tc.drill_steps}
 ```
 Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixed masking noise
 (`fold_in(key(seed), step)`); resumable from the orbax checkpoints in `--ckpt-dir`.
@@ -249,7 +269,10 @@ masked positions / p, normalised by the answer length. AdamW (b1 {tc.b1}, b2 {tc
 loss, fewer columns). A fraction {tc.focus_rate} of rows (`--focus-rate`, drawn per step from the seed) mask only the
 digits of the running totals, with the question's numbers, the operations and the other totals visible
 (`mask_candidates`): under uniform masking a total and both its inputs are unmasked together in only 1/12 of
-the draws, and the arithmetic facts were what the pilots learned slowest. Full loss log: `loss_log.json`.
+the draws, and the arithmetic facts were what the pilots learned slowest. The first {tc.drill_steps} steps
+(`--drill-steps`) train on the chains alone (`drill_data`: no question, no final answer, only the totals masked),
+the arithmetic in isolation at a third of a full row's cost; the full task follows. Full loss log:
+`loss_log.json`.
 
 | step | loss | masked-token acc | quick held-out acc (64) | seconds |
 |---|---|---|---|---|
