@@ -307,7 +307,9 @@ def _decay_mask(params):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: ModelConfig, tc: TrainConfig):
-    """A jitted `(params, opt_state, batch, key) -> (params, opt_state, metrics)`; params / opt_state donated."""
+    """A jitted `(params, opt_state, tokens, attention_mask, answer_mask, key, candidates=None) -> (params,
+    opt_state, metrics)`: `candidates` are the positions the step may mask (default: the answer; `mask_candidates`);
+    params / opt_state donated."""
 
     def loss_fn(params, tokens, attention_mask, answer_mask, candidates, key):
         model = nnx.merge(graphdef, params)
