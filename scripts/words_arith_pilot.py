@@ -4,6 +4,7 @@ running totals' digits when it sees only chains ("016 *004=064 -005=059", no que
 the totals masked (focus rows, `mask_candidates`) and the start and operands visible?
 
     python scripts/words_arith_pilot.py --stop-at 1000 [jdllm train words options: --lr, --batch-size, ...]
+    python scripts/words_arith_pilot.py --probe CKPT_DIR     # the same measure on a `jdllm train words` checkpoint
 
 Every 250 steps: the accuracy of each step's total digits, masked one step at a time with the rest visible, on
 256 held-out chains, by operation and digit place. Nothing is written to disk.
@@ -62,7 +63,24 @@ def accuracy_callback(tok, cfg, data, slots):
     return callback
 
 
+def probe(ckpt: str) -> None:
+    from flax import nnx
+
+    from jdllm.models.transformer import Transformer
+    from jdllm.train.diffusion import _manager, make_optimizer, restore_checkpoint
+
+    args = parse_args(["--out", "/nonexistent", "--n-layers", "6"])
+    tok = wp.word_tokenizer()
+    cfg, tc = small_llada_config(tok, args, 2048), train_config(args)
+    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+    tree = restore_checkpoint(_manager(ckpt, tc), params, make_optimizer(tc).init(params))
+    held, held_slots = encode(tok, chains(256, "test", args.seed + 1))
+    accuracy_callback(tok, cfg, held, held_slots)(int(tree["step"]), nnx.merge(graphdef, tree["params"]))
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--probe"]:
+        return probe(argv[1])
     args = parse_args(["--out", "/nonexistent", "--steps", "6500", "--d-model", "128", "--n-layers", "6",
                        "--log-every", "100", "--train-pool", "100000", "--fourier-periods", "2,5,10",
                        "--focus-rate", "1.0", "--eval-every", "250"] + argv)
