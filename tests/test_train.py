@@ -244,6 +244,17 @@ def test_drill_steps_train_on_the_drill_rows_first(tok, data):
     assert not all(np.array_equal(a, b) for a, b in zip(leaves[0], leaves[2]))
 
 
+def test_phase_of_interleaves_drill_steps_and_reads_each_stream_in_order():
+    from jdllm.train.diffusion import phase_of
+
+    phases = [phase_of(s, 3, 4) for s in range(3 + 4 * 5)]
+    assert [d for d, _ in phases[:3]] == [True] * 3
+    assert [d for d, _ in phases[3:]] == [False, False, False, True] * 5  # every 4th step after the drill phase
+    assert [k for d, k in phases if d] == list(range(3 + 5))  # the drill stream continues where it stopped
+    assert [k for d, k in phases if not d] == list(range(15))  # the task stream counts from 0, no gaps
+    assert [phase_of(s, 2, 0) for s in range(4)] == [(True, 0), (True, 1), (False, 0), (False, 1)]
+
+
 def test_training_makes_the_loss_fall(tok, data):
     tc = TrainConfig(steps=40, batch_size=16, peak_lr=3e-3, warmup_steps=5, log_every=5)
     res = train(tiny_cfg(tok), tc, data, progress=False, log=lambda s: None)

@@ -42,7 +42,8 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup,
                        weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
                        ckpt_every=args.ckpt_every, bucket_pool=getattr(args, "bucket_pool", 0),
-                       focus_rate=getattr(args, "focus_rate", 0.0), drill_steps=getattr(args, "drill_steps", 0))
+                       focus_rate=getattr(args, "focus_rate", 0.0), drill_steps=getattr(args, "drill_steps", 0),
+                       drill_every=getattr(args, "drill_every", 0))
 
 
 def quick_eval(problems: Sequence, tok, gen_len: int, prompt_len: int) -> Callable:

@@ -68,6 +68,7 @@ class TrainConfig:
     trim_multiple: int = 16  # trimmed prompt widths are multiples of this (few distinct shapes, few compiles)
     focus_rate: float = 0.0  # fraction of rows that mask only `SFTData.focus_mask` positions (`focus_rows`)
     drill_steps: int = 0  # the first steps train on `train(drill=)` rows, masking only their focus positions
+    drill_every: int = 0  # > 0: after the drill phase, every drill_every-th step is a drill step too (`phase_of`)
 
 
 # ========================================================================================================= data
@@ -368,6 +369,21 @@ class TrainResult:
     seconds: float  # wall time of this invocation's training loop (compile included)
 
 
+def phase_of(step: int, drill_steps: int, drill_every: int) -> tuple[bool, int]:
+    """(is a drill step, its step within its own data stream) of training step `step`: the first `drill_steps`
+    steps drill; after them, with `drill_every` = k > 0, the last step of every k drills and the others train on
+    the task. Each stream counts its own steps from 0, so both read their data in order."""
+    if step < drill_steps:
+        return True, step
+    after = step - drill_steps
+    if drill_every <= 0:
+        return False, after
+    cycles, pos = divmod(after, drill_every)
+    if pos == drill_every - 1:
+        return True, drill_steps + cycles
+    return False, cycles * (drill_every - 1) + pos
+
+
 def _batch(data: SFTData, tc: TrainConfig, step: int, lengths: np.ndarray | None):
     """(row indices, (tokens, attention_mask, answer_mask)) of the batch of `step` of `data`; with bucketing,
     `lengths` are its prompt lengths."""
@@ -391,7 +407,8 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     still `tc.steps` long: used to simulate an interrupted run). `callback(step, model)` runs every `callback_every` steps (evaluation).
     With `tc.drill_steps > 0`, steps 0..drill_steps-1 draw their batches from `drill` (whose rows mask only their
     focus positions: e.g. arithmetic chains with the totals masked) and the later ones from `data`, starting at
-    its own step 0; one optimiser and one lr schedule over all `tc.steps`.
+    its own step 0; with `tc.drill_every`, drill steps continue among them (`phase_of`); one optimiser and one lr
+    schedule over all `tc.steps`.
     """
     from tqdm.auto import tqdm
 
@@ -425,13 +442,13 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     bar = tqdm(total=end, initial=step0, disable=not progress, dynamic_ncols=True, mininterval=1.0 if tty else 60.0)
     step = step0
     pending = None
-    if tc.drill_steps and (drill is None or drill.focus_mask is None):
+    if (tc.drill_steps or tc.drill_every) and (drill is None or drill.focus_mask is None):
         raise ValueError("drill_steps > 0 needs drill rows with a focus_mask")
     lengths = {}  # prompt lengths per data set, for bucketing
     for step in range(step0, end):
         key = jax.random.fold_in(base_key, step)
-        drilling = step < tc.drill_steps
-        rows, row_step = (drill, step) if drilling else (data, step - tc.drill_steps)
+        drilling, row_step = phase_of(step, tc.drill_steps, tc.drill_every)
+        rows = drill if drilling else data
         if tc.bucket_pool and id(rows) not in lengths:
             lengths[id(rows)] = rows.attention_mask[:, : rows.prompt_len].sum(-1)
         idx, batch = _batch(rows, tc, row_step, lengths.get(id(rows)))

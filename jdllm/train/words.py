@@ -93,6 +93,9 @@ def parse_args(argv=None):
     ap.add_argument("--drill-steps", type=int, default=0,
                     help="train the first N steps on the training problems' chains alone (no question, no final "
                          "answer), the totals masked and the start and operands visible (`drill_data`); 0: none")
+    ap.add_argument("--drill-every", type=int, default=0,
+                    help="after the drill phase, every Nth step is a drill step too, so the totals keep being "
+                         "trained while the question is learned (0: none)")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--notes", default="", help="text appended to the model card (pilots, what was tried)")
     ap.add_argument("--card-only", action="store_true",
@@ -115,7 +118,7 @@ def main(argv=None):
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
     callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
-    drill = drill_data(tok, train_problems) if args.drill_steps else None
+    drill = drill_data(tok, train_problems) if args.drill_steps or args.drill_every else None
     result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback, callback_every=args.eval_every,
                    stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10), drill=drill)
     history, train_seconds = record_history(ckpt_dir, result)
@@ -229,7 +232,7 @@ operations of + - x and exact division, a worked chain before `#### answer`.{par
 jdllm train words --out {args.out} --steps {tc.steps} --d-model {cfg.d_model} --n-layers {cfg.n_layers} \\
     --n-heads {cfg.n_heads} --mlp {cfg.mlp_hidden_size} --batch-size {tc.batch_size} --lr {tc.peak_lr} --seed {tc.seed} \\
     --bucket-pool {tc.bucket_pool} --fourier-periods {args.fourier_periods} --focus-rate {tc.focus_rate} \\
-    --drill-steps {tc.drill_steps}
+    --drill-steps {tc.drill_steps} --drill-every {tc.drill_every}
 ```
 Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixed masking noise
 (`fold_in(key(seed), step)`); resumable from the orbax checkpoints in `--ckpt-dir`.
