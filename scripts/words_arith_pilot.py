@@ -19,28 +19,21 @@ import numpy as np
 
 from jdllm.tasks import word_problems as wp
 from jdllm.train.common import small_llada_config, train_config
-from jdllm.train.diffusion import encode_sft, train
+from jdllm.train.diffusion import train
 from jdllm.train.shipped import number_init
-from jdllm.train.words import parse_args
-
-PROMPT_LEN, GEN_LEN = 8, 56
+from jdllm.train.words import DRILL_PROMPT_LEN, drill_data, parse_args
 
 
-def chains(n: int, split: str, seed: int) -> list[str]:
-    return [p.answer_text[: p.answer_text.index(" ####")] for p in wp.make_problems(n, split, seed=seed)]
-
-
-def encode(tok, texts: list[str]):
-    data = encode_sft(tok, ["\n"] * len(texts), texts, PROMPT_LEN, GEN_LEN)
-    focus = np.zeros(data.tokens.shape, bool)
+def encode(tok, n: int, split: str, seed: int):
+    """`drill_data` rows of `n` problems, and per position the "<step> <op> <place>" label of a total's digit."""
+    problems = wp.make_problems(n, split, seed=seed)
+    data = drill_data(tok, problems)
     slots = np.full(data.tokens.shape, "", dtype=object)
-    for r, t in enumerate(texts):
-        eq = [i for i, ch in enumerate(t) if ch == "="]
+    for r, p in enumerate(problems):
+        eq = [i for i, ch in enumerate(p.answer_text) if ch == "="]
         for k, e in enumerate(eq):
             for d, place in enumerate(("hundreds", "tens", "ones")):
-                focus[r, PROMPT_LEN + e + 1 + d] = True
-                slots[r, PROMPT_LEN + e + 1 + d] = f"{k} {t[e - 4]} {place}"
-    data.focus_mask = focus
+                slots[r, DRILL_PROMPT_LEN + e + 1 + d] = f"{k} {p.answer_text[e - 4]} {place}"
     return data, slots
 
 
@@ -64,18 +57,11 @@ def accuracy_callback(tok, cfg, data, slots):
 
 
 def probe(ckpt: str) -> None:
-    from flax import nnx
+    from words_probe import restore
 
-    from jdllm.models.transformer import Transformer
-    from jdllm.train.diffusion import _manager, make_optimizer, restore_checkpoint
-
-    args = parse_args(["--out", "/nonexistent", "--n-layers", "6"])
-    tok = wp.word_tokenizer()
-    cfg, tc = small_llada_config(tok, args, 2048), train_config(args)
-    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
-    tree = restore_checkpoint(_manager(ckpt, tc), params, make_optimizer(tc).init(params))
-    held, held_slots = encode(tok, chains(256, "test", args.seed + 1))
-    accuracy_callback(tok, cfg, held, held_slots)(int(tree["step"]), nnx.merge(graphdef, tree["params"]))
+    model, tok, cfg, step = restore(ckpt)
+    held, held_slots = encode(tok, 256, "test", 1)
+    accuracy_callback(tok, cfg, held, held_slots)(step, model)
 
 
 def main(argv: list[str]) -> None:
@@ -85,8 +71,8 @@ def main(argv: list[str]) -> None:
                        "--log-every", "100", "--train-pool", "100000", "--fourier-periods", "2,5,10",
                        "--focus-rate", "1.0", "--eval-every", "250"] + argv)
     tok = wp.word_tokenizer()
-    data, _ = encode(tok, chains(args.train_pool, "train", args.seed))
-    held, held_slots = encode(tok, chains(256, "test", args.seed + 1))
+    data, _ = encode(tok, args.train_pool, "train", args.seed)
+    held, held_slots = encode(tok, 256, "test", args.seed + 1)
     cfg = small_llada_config(tok, args, 2048)
     train(cfg, train_config(args), data, callback=accuracy_callback(tok, cfg, held, held_slots), callback_every=args.eval_every,
           stop_at=args.stop_at, progress=False, log=lambda m: print(m, flush=True), init_fn=number_init(tok, args.fourier_periods, count=10))

@@ -53,14 +53,19 @@ def result_slots(answer: str) -> list[str]:
     return out
 
 
-def main(argv: list[str]) -> None:
-    ckpt, rest = argv[0], argv[1:]
-    args = parse_args(["--out", "/nonexistent", "--d-model", "128", "--n-layers", "6"] + rest)
+def restore(ckpt: str, rest: list[str] = ()) -> tuple:
+    """(model, tokenizer, config, step) of the latest `jdllm train words` checkpoint in `ckpt` (model options in
+    `rest`)."""
+    args = parse_args(["--out", "/nonexistent", "--d-model", "128", "--n-layers", "6"] + list(rest))
     tok = wp.word_tokenizer()
     cfg, tc = small_llada_config(tok, args, 2048), train_config(args)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
     tree = restore_checkpoint(_manager(ckpt, tc), params, make_optimizer(tc).init(params))
-    model = nnx.merge(graphdef, tree["params"])
+    return nnx.merge(graphdef, tree["params"]), tok, cfg, int(tree["step"])
+
+
+def main(argv: list[str]) -> None:
+    model, tok, cfg, step = restore(argv[0], argv[1:])
     probs = wp.make_problems(256, "test", seed=1)
     data = problems_to_sft(tok, probs, PROMPT_LEN, GEN_LEN)
     kinds = np.full(data.tokens.shape, "", dtype=object)
@@ -80,7 +85,7 @@ def main(argv: list[str]) -> None:
                                                   jnp.asarray(data.attention_mask[s: s + 64])))
                                for s in range(0, len(noisy), 64)])
 
-    print(f"step {int(tree['step'])}, 256 held-out problems")
+    print(f"step {step}, 256 held-out problems")
     for k in KINDS:
         m = kinds == k
         print(f"  {k:8s} masked alone, rest of the answer visible: {(predict(m)[m] == data.tokens[m]).mean():.3f}")

@@ -163,7 +163,7 @@ def test_training_focus_mask_marks_the_running_totals():
     tok = wp.word_tokenizer()
     problems = wp.make_problems(40, "train", seed=3)
     data = problems_to_sft(tok, problems, PROMPT_LEN, GEN_LEN)
-    focus = focus_mask(data, problems, tok.eos_id)
+    focus = focus_mask(data, [p.answer_text for p in problems], tok.eos_id)
     assert not focus[:, :PROMPT_LEN].any()
     for r, p in enumerate(problems):
         marked = tok.decode(data.tokens[r][focus[r]].tolist()).replace(" ", "")

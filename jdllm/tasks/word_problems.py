@@ -145,9 +145,11 @@ def chain_of_thought(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
 
 
 def result_positions(answer_text: str) -> list[int]:
-    """Character offsets of the running totals' digits in a chain ("016 *004=064 -005=059 #### 59": the digits
-    after each "="): what the model computes rather than copies from the question (`focus_mask` of training)."""
-    mark, step = answer_text.index(f" {ANSWER_MARK}"), 2 * WIDTH + 3  # " *004=064"
+    """Character offsets of the running totals' digits in a chain ("016 *004=064 -005=059 #### 59", with or without
+    its final answer: the digits after each "="): what the model computes rather than copies from the question
+    (`focus_mask` of training)."""
+    mark, step = answer_text.find(f" {ANSWER_MARK}"), 2 * WIDTH + 3  # " *004=064"
+    mark = len(answer_text) if mark < 0 else mark
     return [i for i in range(WIDTH, mark) if (i - WIDTH) % step >= WIDTH + 3]
 
 

@@ -308,8 +308,8 @@ def _decay_mask(params):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: ModelConfig, tc: TrainConfig):
-    """A jitted `(params, opt_state, tokens, attention_mask, answer_mask, key, candidates=None) -> (params,
-    opt_state, metrics)`: `candidates` are the positions the step may mask (default: the answer; `mask_candidates`);
+    """A jitted `(params, opt_state, tokens, attention_mask, answer_mask, key, candidates) -> (params, opt_state,
+    metrics)`: `candidates` are the positions the step may mask (the answer, or `mask_candidates`);
     params / opt_state donated."""
 
     def loss_fn(params, tokens, attention_mask, answer_mask, candidates, key):
@@ -317,8 +317,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Mode
         return diffusion_loss(model, tokens, attention_mask, answer_mask, key, mask_id=cfg.mask_id, eps=tc.eps,
                               stratified_t=tc.stratified_t, candidates=candidates)
 
-    def step(params, opt_state, tokens, attention_mask, answer_mask, key, candidates=None):
-        candidates = answer_mask if candidates is None else candidates
+    def step(params, opt_state, tokens, attention_mask, answer_mask, key, candidates):
         grads, metrics = jax.grad(loss_fn, has_aux=True)(params, tokens, attention_mask, answer_mask, candidates,
                                                          key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -443,15 +442,15 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
     step = step0
     pending = None
     if (tc.drill_steps or tc.drill_every) and (drill is None or drill.focus_mask is None):
-        raise ValueError("drill_steps > 0 needs drill rows with a focus_mask")
-    lengths = {}  # prompt lengths per data set, for bucketing
+        raise ValueError("drill_steps / drill_every need drill rows with a focus_mask")
+    streams = {False: data, True: drill}
+    lengths = {k: rows.attention_mask[:, : rows.prompt_len].sum(-1)  # prompt lengths, for bucketing
+               for k, rows in streams.items() if tc.bucket_pool and rows is not None}
     for step in range(step0, end):
         key = jax.random.fold_in(base_key, step)
         drilling, row_step = phase_of(step, tc.drill_steps, tc.drill_every)
-        rows = drill if drilling else data
-        if tc.bucket_pool and id(rows) not in lengths:
-            lengths[id(rows)] = rows.attention_mask[:, : rows.prompt_len].sum(-1)
-        idx, batch = _batch(rows, tc, row_step, lengths.get(id(rows)))
+        rows = streams[drilling]
+        idx, batch = _batch(rows, tc, row_step, lengths.get(drilling))
         candidates = batch[2]
         rate = 1.0 if drilling else tc.focus_rate
         if rate > 0:

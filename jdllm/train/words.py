@@ -113,7 +113,7 @@ def main(argv=None):
     tok = word_problems.word_tokenizer()
     train_problems, data, test_problems = task_data(word_problems, tok, args, PROMPT_LEN, GEN_LEN)
     if args.focus_rate > 0:
-        data.focus_mask = focus_mask(data, train_problems, tok.eos_id)
+        data.focus_mask = focus_mask(data, [p.answer_text for p in train_problems], tok.eos_id)
     quick = test_problems[: args.quick_eval_n]
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
@@ -151,15 +151,15 @@ def main(argv=None):
     return acc
 
 
-def focus_mask(data, problems, eos_id: int) -> np.ndarray:
-    """bool [N, P+G]: the running totals' digits of each row's answer (`word_problems.result_positions`; the chain
-    is one token per character, checked against the encoded rows)."""
+def focus_mask(data, answers: list[str], eos_id: int) -> np.ndarray:
+    """bool [N, P+G]: the running totals' digits of each row's answer text (`word_problems.result_positions`; the
+    chain is one token per character, checked against the encoded rows)."""
     out = np.zeros(data.tokens.shape, bool)
-    for r, p in enumerate(problems):
+    for r, text in enumerate(answers):
         n = int((data.tokens[r, data.prompt_len:] != eos_id).sum())
-        if n != len(p.answer_text):
-            raise ValueError(f"row {r}: {n} answer tokens for {len(p.answer_text)} characters ({p.answer_text!r})")
-        out[r, [data.prompt_len + i for i in word_problems.result_positions(p.answer_text)]] = True
+        if n != len(text):
+            raise ValueError(f"row {r}: {n} answer tokens for {len(text)} characters ({text!r})")
+        out[r, [data.prompt_len + i for i in word_problems.result_positions(text)]] = True
     return out
 
 
@@ -170,11 +170,9 @@ def drill_data(tok, problems):
     """Arithmetic drill rows: each problem's chain without its question and final answer
     ("016 *004=064 -005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
     row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
-    chains = [p.answer_text[: p.answer_text.index(" " + word_problems.ANSWER_MARK)] for p in problems]
+    chains = [p.answer_text[: p.answer_text.index(f" {word_problems.ANSWER_MARK}")] for p in problems]
     data = encode_sft(tok, ["\n"] * len(chains), chains, DRILL_PROMPT_LEN, DRILL_GEN_LEN)
-    data.focus_mask = np.zeros(data.tokens.shape, bool)
-    for r, chain in enumerate(chains):
-        data.focus_mask[r, [DRILL_PROMPT_LEN + i for i in word_problems.result_positions(chain + " ####")]] = True
+    data.focus_mask = focus_mask(data, chains, tok.eos_id)
     return data
 
 
