@@ -49,6 +49,7 @@ PILOTS = """All on the project's 2-core CPU, 6 layers unless noted; figures and 
 | 4 | v2 | lr 1e-3, stopped at step 4500 (61 min) | 9.6% on 500 held-out |
 | 5 | v2 | lr 1e-3, digit rows seeded with Fourier features (periods 2, 5, 10), stopped at 2500 | 4.7% quick held-out at step 2000; copying learned twice as fast, totals not |
 | 6 | v2 | as 5, plus half the rows masking only the totals (`--focus-rate 0.5`), stopped at 2200 | 3.1% quick held-out at step 2000; one total at a time right 65% (pilot 5: 61%) |
+| 7 | v2 | as 5 with periods 2, 5, 10, 20, 40; 3000 drill steps on chains alone (`--drill-steps 3000`), then the full task to step 9000 (about 107 min) | **29.0% on 500 held-out**; + and - ones digits learned, carries (tens) and x, / not; a third of the answers misread the question while decoding |
 
 What they taught: lr 3e-3 stalls even one-operation problems (loss flat from step 300); spelling names by
 character is not the bottleneck (whole-word names learn no faster); copying the question's numbers and
@@ -56,7 +57,9 @@ operations is learned within 2000-4000 steps; the arithmetic facts (the digits o
 the start and operand in view, the ones digit of a sum was right about half the time at step 2000, and the model
 mostly wrote the previous total's ones digit. In isolation (`scripts/words_arith_pilot.py`, chains only) it stays
 near chance for 750 steps. Each input digit alone tells nothing about (a + b) mod 10, so attention gets no
-first-order signal to find the two inputs (`docs/words_model_pilots.md`)."""
+first-order signal to find the two inputs (`docs/words_model_pilots.md`). A drill phase on chains alone
+(pilot 7) taught the ones digits; then two failures remain about equally: carries, and the plan (the operations
+the chain lists) going wrong while decoding, mostly extra or repeated steps."""
 
 
 def parse_args(argv=None):
