@@ -50,6 +50,7 @@ PILOTS = """All on the project's 2-core CPU, 6 layers unless noted; figures and 
 | 5 | v2 | lr 1e-3, digit rows seeded with Fourier features (periods 2, 5, 10), stopped at 2500 | 4.7% quick held-out at step 2000; copying learned twice as fast, totals not |
 | 6 | v2 | as 5, plus half the rows masking only the totals (`--focus-rate 0.5`), stopped at 2200 | 3.1% quick held-out at step 2000; one total at a time right 65% (pilot 5: 61%) |
 | 7 | v2 | as 5 with periods 2, 5, 10, 20, 40; 3000 drill steps on chains alone (`--drill-steps 3000`), then the full task to step 9000 (about 107 min) | **29.0% on 500 held-out**; + and - ones digits learned, carries (tens) and x, / not; a third of the answers misread the question while decoding |
+| 8 | v2 | as 7, plus a drill batch every 4th step after the switch (`--drill-every 4`), 9000 steps (about 100 min) | **33.0% on 500 held-out** (per frame 40 / 38 / 51 / 25 / 19%); plan errors 35.5% of 200, arithmetic 33% |
 
 What they taught: lr 3e-3 stalls even one-operation problems (loss flat from step 300); spelling names by
 character is not the bottleneck (whole-word names learn no faster); copying the question's numbers and
