@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from words_errors import classify
+from words_probe import kinds_of
 
 from jdllm.tasks import word_problems as wp
 from jdllm.tasks.arithmetic import format_prompt
@@ -26,22 +27,20 @@ from jdllm.train.words import GEN_LEN, PROMPT_LEN
 from jdllm.weights.hf import load_hf
 
 BLOCK = 32
-STEP_KIND = {0: "skeleton", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "skeleton"}  # " +007=019"
-RUNS = (("nothing", ()), ("the EOS positions", ("eos",)), ("' #### N' and the EOS positions", ("end", "eos")),
-        ("the plan", ("start", "op", "operand", "skeleton", "end", "eos")))
+RUNS = (("nothing", ()), ("the EOS positions", ("eos",)), ("' #### N' and the EOS positions", ("mark", "final", "eos")),
+        ("the plan", ("start", "op", "operand", "space", "eq", "mark", "final", "eos")))  # `kinds_of` kinds
 
 
 def gold_kinds(tok, problems, eos_id: int):
-    """Gold answer tokens [N, GEN_LEN] (EOS-filled) and the kind of each position."""
+    """Gold answer tokens [N, GEN_LEN] (EOS-filled) and the kind of each position (`words_probe.kinds_of`, "eos"
+    after the answer)."""
     gold = np.full((len(problems), GEN_LEN), eos_id)
     kinds = np.full(gold.shape, "eos", dtype=object)
     for i, p in enumerate(problems):
         ids = tok.encode(p.answer_text)
         assert len(ids) == len(p.answer_text), "one token per character"
         gold[i, :len(ids)] = ids
-        mark = p.answer_text.index(" ####")
-        for j in range(len(ids)):
-            kinds[i, j] = ("end" if j >= mark else "start" if j < 3 else STEP_KIND.get((j - 3) % 9, "total"))
+        kinds[i, :len(ids)] = kinds_of(p.answer_text)
     return gold, kinds
 
 
