@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The word-problem model's arithmetic in isolation (issue 12 diagnostics): how fast does the model learn the
-running totals' digits when it sees only chains ("016 *004=064 -005=059", no question, no final answer) with
+running totals' digits when it sees only chains ("@016$*004=064%-005=059", no question, no final answer) with
 the totals masked (focus rows, `mask_candidates`) and the start and operands visible?
 
     python scripts/words_arith_pilot.py --stop-at 1000 [jdllm train words options: --lr, --batch-size, ...]

@@ -50,7 +50,7 @@ def main() -> None:
     model, tok = load_hf(args.model_dir), wp.word_tokenizer()  # the tokenizer `jdllm train words` exports
     problems = wp.make_problems(args.n, "test", seed=args.seed)
     acc, preds = evaluate(model, problems, GEN_LEN, args.block_length, tokenizer=tok, batch_size=100, prompt_len=PROMPT_LEN,
-                          return_predictions=True)
+                          return_predictions=True, prompt_format=wp.format_prompt)
     counts = collections.Counter(classify(pr, p.answer_text) for pr, p in zip(preds, problems))
     print(f"{args.model_dir}: exact answers {acc:.3f} on {args.n} held-out problems")
     for kind, k in counts.most_common():

@@ -6,8 +6,9 @@
 Decodes `--n` held-out problems as the issue's bar does (LLaDA low-confidence, one token per step, blocks of 32,
 steps = gen_length), written out as a plain loop so that parts of the gold answer can be given: those positions
 start committed to the gold token and the rest decode as usual. Four runs: nothing given; the EOS positions
-(the chain's length); " #### N" and the EOS positions; the whole plan (start, operations, operands, the step
-skeleton " =" and the end), so only the totals are decoded. Per run: exact answers, and chains whose every step
+(the chain's length); the final line ("&#### N", after the question's label) and the EOS positions; the whole
+plan (start, operations, operands, the sentence labels, each step's "=" and the end), so only the totals are
+decoded. Per run: exact answers, and chains whose every step
 (op, operand, total) is right (`words_errors.classify`).
 """
 from __future__ import annotations
@@ -21,14 +22,13 @@ from words_errors import classify
 from words_probe import kinds_of
 
 from jdllm.tasks import word_problems as wp
-from jdllm.tasks.arithmetic import format_prompt
 from jdllm.train.diffusion import encode_prompts
 from jdllm.train.words import GEN_LEN, PROMPT_LEN
 from jdllm.weights.hf import load_hf
 
 BLOCK = 32
-RUNS = (("nothing", ()), ("the EOS positions", ("eos",)), ("' #### N' and the EOS positions", ("mark", "final", "eos")),
-        ("the plan", ("start", "op", "operand", "space", "eq", "mark", "final", "eos")))  # `kinds_of` kinds
+RUNS = (("nothing", ()), ("the EOS positions", ("eos",)), ("the final line and the EOS positions", ("mark", "final", "eos")),
+        ("the plan", ("label", "start", "op", "operand", "eq", "mark", "final", "eos")))  # `kinds_of` kinds
 
 
 def gold_kinds(tok, problems, eos_id: int):
@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     model, tok = load_hf(args.model_dir), wp.word_tokenizer()
     problems = wp.make_problems(args.n, "test", seed=args.seed)
-    prompt, mask = encode_prompts(tok, [format_prompt(p.question) for p in problems], PROMPT_LEN)
+    prompt, mask = encode_prompts(tok, [wp.format_prompt(p.question) for p in problems], PROMPT_LEN)
     attention = jnp.asarray(np.concatenate([mask, np.ones((args.n, GEN_LEN), mask.dtype)], 1))
     forward = jax.jit(lambda x: jax.nn.softmax(model(x, attention_mask=attention), -1))
     gold, kinds = gold_kinds(tok, problems, model.config.eos_id)

@@ -50,12 +50,13 @@ def main(argv: list[str]) -> None:
         wp.MADE_UP_RATE = 0.0  # this process only: no made-up names / objects
         tok = wp.word_tokenizer(extra_words=wp.NAMES + wp.OBJECTS)  # listed names / objects as whole words
     t = time.time()
-    data = problems_to_sft(tok, problems(variant, args.train_pool, "train", args.seed), PROMPT_LEN, GEN_LEN)
+    data = problems_to_sft(tok, problems(variant, args.train_pool, "train", args.seed), PROMPT_LEN, GEN_LEN,
+                           prompt_format=wp.format_prompt)
     held_out = problems(variant, 64, "test", args.seed + 1)
     print(f"{variant}: data in {time.time() - t:.0f}s, mean prompt tokens "
           f"{data.attention_mask[:, :PROMPT_LEN].sum(-1).mean():.1f}", flush=True)
     result = train(small_llada_config(tok, args, 2048), train_config(args), data,
-                   callback=quick_eval(held_out, tok, GEN_LEN, PROMPT_LEN), callback_every=250,
+                   callback=quick_eval(held_out, tok, GEN_LEN, PROMPT_LEN, task=wp), callback_every=250,
                    stop_at=args.stop_at, progress=False, init_fn=number_init(tok, args.fourier_periods, count=10))
     print("held-out accuracy by step:",
           [(h["step"], h["quick_acc"]) for h in result.history if h.get("quick_acc") is not None])

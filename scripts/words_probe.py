@@ -6,8 +6,9 @@
 Restores the latest orbax checkpoint of `jdllm train words` (pass the run's model options), takes 256 held-out
 problems, and for each kind of answer token (start, op, operand, result, final answer, EOS) masks all tokens of
 that kind with the rest of the answer visible, one forward: argmax accuracy on them. Then the same with the whole
-answer masked, and each step's result digits alone (by operation and place). Copying the final answer from the last result ("=059 #### 59") needs only local attention; a
-model that fails at it has not learned to read the chain.
+answer masked, and each step's result digits alone (by operation and place). Copying the final answer from the
+last result ("=059&#### 59") needs only local attention; a model that fails at it has not learned to read the
+chain.
 """
 from __future__ import annotations
 
@@ -24,32 +25,33 @@ from jdllm.train.common import small_llada_config, train_config
 from jdllm.train.diffusion import _manager, make_optimizer, problems_to_sft, restore_checkpoint
 from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
 
-KINDS = ("start", "op", "operand", "result", "final", "eos")
-STEP_LAYOUT = {0: "space", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "eq", 6: "result", 7: "result",
-               8: "result"}  # " +007=019"
+KINDS = ("label", "start", "op", "operand", "result", "final", "eos")
+START = 1 + wp.WIDTH  # "@016": the start's label and digits
+STEP_LAYOUT = {0: "label", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "eq", 6: "result", 7: "result",
+               8: "result"}  # "$+007=019"
 
 
 def kinds_of(answer: str) -> list[str]:
-    """The kind of each character of a chain "SSS oBBB=CCC ... #### N"."""
-    mark = answer.index(" ####")
+    """The kind of each character of a chain "LSSSLoBBB=CCC...L#### N" (L: a sentence label)."""
+    mark = answer.index(wp.ANSWER_MARK) - 1  # the question's label
     out = []
     for i, ch in enumerate(answer):
-        if i < 3:
-            out.append("start")
+        if i < START:
+            out.append("label" if i == 0 else "start")
         elif i >= mark:
             out.append("final" if ch.isdigit() else "mark")
         else:
-            out.append(STEP_LAYOUT[(i - 3) % 9])
+            out.append(STEP_LAYOUT[(i - START) % 9])
     return out
 
 
 def result_slots(answer: str) -> list[str]:
     """For each character: "<op> <place>" of a result digit (e.g. "* tens"), else ""."""
-    mark, out = answer.index(" ####"), []
+    mark, out = answer.index(wp.ANSWER_MARK) - 1, []
     for i in range(len(answer)):
-        slot = (i - 3) % 9
-        out.append(f"{answer[3 + 9 * ((i - 3) // 9) + 1]} {('hundreds', 'tens', 'ones')[slot - 6]}"
-                   if 3 <= i < mark and slot >= 6 else "")
+        slot = (i - START) % 9
+        out.append(f"{answer[START + 9 * ((i - START) // 9) + 1]} {('hundreds', 'tens', 'ones')[slot - 6]}"
+                   if START <= i < mark and slot >= 6 else "")
     return out
 
 
@@ -67,7 +69,7 @@ def restore(ckpt: str, rest: list[str] = ()) -> tuple:
 def main(argv: list[str]) -> None:
     model, tok, cfg, step = restore(argv[0], argv[1:])
     probs = wp.make_problems(256, "test", seed=1)
-    data = problems_to_sft(tok, probs, PROMPT_LEN, GEN_LEN)
+    data = problems_to_sft(tok, probs, PROMPT_LEN, GEN_LEN, prompt_format=wp.format_prompt)
     kinds = np.full(data.tokens.shape, "", dtype=object)
     slots = np.full(data.tokens.shape, "", dtype=object)
     for r, p in enumerate(probs):
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> None:
     # of all steps but the first: the previous total is the previous step's result).
     m = kinds == "result"
     step_of = np.full(data.tokens.shape, -1)
-    step_of[:, PROMPT_LEN:] = (np.arange(GEN_LEN) - 3) // 9
+    step_of[:, PROMPT_LEN:] = (np.arange(GEN_LEN) - START) // 9
     right = np.zeros(data.tokens.shape, bool)
     for j in range(max(wp.N_OPS)):
         mj = m & (step_of == j)

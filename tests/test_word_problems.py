@@ -9,11 +9,11 @@ from jdllm.tasks import word_problems as wp
 
 
 def _recompute(p) -> int:
-    """Check the chain ("016 *004=064 -005=059 #### 59": zero-padded running totals) with plain Python
-    arithmetic and return its final value."""
-    m = re.fullmatch(r"(\d{3})((?: [-+*/]\d{3}=\d{3})+) #### (\d+)", p.answer_text)
+    """Check the chain ("@016$*004=064%-005=059&#### 59": labelled, zero-padded running totals) with plain
+    Python arithmetic and return its final value."""
+    m = re.fullmatch(r"[^\w\s](\d{3})((?:[^\w\s][-+*/]\d{3}=\d{3})+)[^\w\s]#### (\d+)", p.answer_text)
     assert m, p.answer_text
-    steps = re.findall(r" ([-+*/])(\d{3})=(\d{3})", m.group(2))
+    steps = re.findall(r"[^\w\s]([-+*/])(\d{3})=(\d{3})", m.group(2))
     assert 1 <= len(steps) <= 5, p.answer_text
     prev = None
     a = int(m.group(1))
@@ -117,9 +117,9 @@ def test_tokenizer_digits_unknown_words_and_normalisation():
     same = ["Tom has 12 apples. How many apples does Tom have?\n",
             "  tom   HAS 12 apples.\tHow many APPLES does tom have?  \n"]
     assert tok.encode(same[0]) == tok.encode(same[1])
-    assert tok.decode(tok.encode("012 *003=036 #### 36")) == "012 *003=036 #### 36"
+    assert tok.decode(tok.encode("@012$*003=036%#### 36")) == "@012$*003=036%#### 36"
     for p in wp.make_problems(300, "train", seed=0):  # the model's prompt region fits every question
-        assert len(tok.encode(wp.format_prompt(p.question))) <= 91
+        assert len(tok.encode(wp.format_prompt(p.question))) <= 100
     assert tok.encode("<|mask|>") == [tok.mask_id]
 
 
@@ -183,3 +183,46 @@ def test_result_positions_are_the_digits_after_each_equals_sign():
         want = [m.start() + 1 + k for m in re.finditer("=", text) for k in range(wp.WIDTH)]
         assert wp.result_positions(text) == want, text
         assert all(text[i].isdigit() for i in want)
+
+
+def test_each_chain_element_carries_the_label_of_its_sentence():
+    """The prompt labels the question's sentences in order; in the chain the start, every step and the final
+    line sit after the label of the sentence they come from: the start's and each operand's number is in its
+    labelled sentence (the groups frame: the start in "Each bag has N ...", the x factor in "... has G bags."),
+    each operation's word is one of that op's sentences, and the final line carries the question's label."""
+    for p in wp.make_problems(600, "train", seed=2):
+        prompt = wp.format_prompt(p.question)
+        sentences = {s[0]: s[1:] for s in re.split(r"(?<=[.?]) ", prompt.rstrip("\n"))}
+        order = list(sentences)  # the prompt's labels, in order: every sentence feeds one chain element
+        if "Each " in p.question:
+            order[:2] = order[1::-1]
+        assert [c for c in p.answer_text if not c.isalnum() and c not in " -+*/=#"] == order, (prompt, p.answer_text)
+        elements = re.findall(r"([^\w\s=])([-+*/]?)(\d{3})", p.answer_text)
+        for label, op, n in elements:
+            sentence = sentences[label]
+            assert int(n) in [int(x) for x in re.findall(r"\d+", sentence)], (label, n, sentence)
+            if op:
+                words = {"+": ("buy", "find", "get", "win", "bought", "found", "got", "won", "put", "add"),
+                         "-": ("lose", "give", "sell", "use", "eat", "lost", "gave", "sold", "used", "ate",
+                               "take", "remove"),
+                         "*": ("times", "has"), "/": ("piles", "shares")}[op]
+                assert any(w in sentence for w in words), (op, sentence)
+        assert sentences[p.answer_text[p.answer_text.index("####") - 1]].endswith("?"), p
+
+
+def test_chat_template_renders_what_format_prompt_returns():
+    """`jdllm generate` formats with the exported chat template (jinja); training with `format_prompt` (Python).
+    The two agree on trained questions and on odd input (runs of spaces, tabs, no space after a period, more
+    sentences than labels, empty), so the model sees at inference what it was trained on."""
+    from jdllm.text import ChatTemplate
+
+    template = ChatTemplate(wp.CHAT_TEMPLATE, {"eos_token": "<|eos|>"})
+    odd = ["  Tom has  12 apples.\tHe buys 7 more.   How many?  ", "", "a. b. c. d. e. f. g. h. i. j. k.",
+           "x.y. z", "Hi. ", "One sentence without a period"]
+    for q in [p.question for p in wp.make_problems(300, "train", seed=6)] + odd:
+        assert template.render([{"role": "user", "content": q}], add_generation_prompt=True) == wp.format_prompt(q)
+    assert wp.format_prompt("Tom has 1 pen. He buys 2 more. How many pens does Tom have?") == (
+        "@Tom has 1 pen. $He buys 2 more. %How many pens does Tom have?\n")
+    done = template.render([{"role": "user", "content": "A b. C?"}, {"role": "assistant", "content": "@001%#### 1"}],
+                           add_generation_prompt=False)
+    assert done == "@A b. $C?\n@001%#### 1<|eos|>"

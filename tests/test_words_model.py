@@ -162,7 +162,7 @@ def test_training_focus_mask_marks_the_running_totals():
 
     tok = wp.word_tokenizer()
     problems = wp.make_problems(40, "train", seed=3)
-    data = problems_to_sft(tok, problems, PROMPT_LEN, GEN_LEN)
+    data = problems_to_sft(tok, problems, PROMPT_LEN, GEN_LEN, prompt_format=wp.format_prompt)
     focus = focus_mask(data, [p.answer_text for p in problems], tok.eos_id)
     assert not focus[:, :PROMPT_LEN].any()
     for r, p in enumerate(problems):
@@ -178,7 +178,7 @@ def test_drill_rows_are_the_chains_with_their_totals_in_focus():
     problems = wp.make_problems(30, "train", seed=5)
     data = drill_data(tok, problems)
     for r, p in enumerate(problems):
-        chain = p.answer_text.split(" ####")[0]
+        chain = p.answer_text[: p.answer_text.index("####") - 1]
         assert tok.decode(data.tokens[r, DRILL_PROMPT_LEN: DRILL_PROMPT_LEN + len(chain)].tolist()) == chain
         marked = tok.decode(data.tokens[r][data.focus_mask[r]].tolist())
         assert marked == "".join(re.findall(r"=(\d{3})", chain))

@@ -6,7 +6,14 @@ final line. Numbers are digits (the tokenizer of the model trained on it, `word_
 token, so results are multi-token)::
 
     question: "Lily has 4 bags. Each bag has 16 cookies. She eats 5 of them. How many cookies does Lily have now?"
-    answer:   "016 *004=064 -005=059 #### 59"
+    prompt:   "@Lily has 4 bags. $Each bag has 16 cookies. %She eats 5 of them. &How many cookies does Lily have now?\n"
+    answer:   "$016@*004=064%-005=059&#### 59"
+
+The prompt labels the question's sentences (`LABELS`, `format_prompt`, also as the chat template) and every
+element of the chain starts with the label of the sentence it comes from (`sentence_labels`); the final line
+carries the question's label. A step then finds its sentence by matching a label, which attention does in one
+hop, instead of counting sentences: the models of pilots 7-8 misread the question in a third of their answers
+(extra, repeated or shifted steps; `docs/words_model_pilots.md`).
 
 Numbers in the chain are written with three digits (zero-padded) so that every step has the same width: the
 units, tens and hundreds digits of the operands and of the new total sit at fixed offsets from each other, the
@@ -21,7 +28,7 @@ Frames (`FRAMES`), each with its own sentences per operation:
 - "present": "Tom has 12 apples. He buys 7 more. Then he loses 5. How many apples does Tom have?" (+ - x /)
 - "past":    "Tom had 12 apples. He bought 7. Then he lost 5. How many apples did Tom have in the end?" (+ - x /)
 - "container": "A box has 12 eggs. She puts in 6. Then she takes out 4. How many eggs are in the box now?" (+ -)
-- "groups":  "Lily has 4 bags. Each bag has 16 cookies. ..." (chain 016 *004=064, then + -)
+- "groups":  "Lily has 4 bags. Each bag has 16 cookies. ..." (chain "$016@*004=064", then + -)
 - "sharing": "... She shares them equally among 4 friends. How many does each friend get?" (last operation /)
 The question line has several paraphrases per frame. Names and object words are drawn from lists and, one time in
 three, made up from syllables (`made_up_word`), so a model cannot rely on a closed vocabulary of them.
@@ -38,10 +45,10 @@ import hashlib
 import random
 import re
 
-from jdllm.tasks.arithmetic import ANSWER_MARK, Problem, extract_answer, format_prompt, score
+from jdllm.tasks.arithmetic import ANSWER_MARK, Problem, extract_answer, score
 
 __all__ = ["Problem", "extract_answer", "format_prompt", "score", "make_problems", "make_problem", "chain_of_thought",
-           "canonical", "split_of", "evaluate_chain", "made_up_word", "parse_question", "check_question", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
+           "canonical", "split_of", "evaluate_chain", "sentence_labels", "LABELS", "made_up_word", "parse_question", "check_question", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
 
 NAMES = ("Tom", "Sam", "Ben", "Max", "Leo", "Dan", "Tim", "Jack", "Omar", "Ravi", "Kenji", "Pedro", "Ahmed", "Lucas",
          "Noah", "Ethan", "Ivan", "Yusuf", "Carlos", "Felix", "Ann", "Mia", "Eva", "Zoe", "Ivy", "Amy", "Lily", "Kate",
@@ -65,15 +72,22 @@ PER_GROUP_RANGE = (2, 99)  # groups frame: items per group (the chain's start)
 OPERAND_DIGITS = (0.4, 0.6, 0.0)  # + and - operands: weights of 1, 2 and 3 digits
 OPERAND_RANGE = (1, 10 ** max(d + 1 for d, w in enumerate(OPERAND_DIGITS) if w > 0) - 1)  # what those weights draw
 WIDTH = 3  # digits of every number in the chain (zero-padded)
-MAX_ANSWER_CHARS = 62  # the longest chain (5 steps, 3-digit answer) has 57 characters: fits a 64-token region
-MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 91 tokens of `word_tokenizer` with the newline)
+MAX_ANSWER_CHARS = 62  # the longest chain (5 steps, 3-digit answer) has 58 characters: fits a 64-token region
+MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 98 tokens of `word_tokenizer` as a labelled prompt)
+LABELS = "@$%&^~|<>"  # sentence labels of the prompt and the chain (characters no question or answer uses)
 TEST_BUCKETS = 10
 MADE_UP_RATE = 1 / 3  # names / objects made up from syllables
 
-# `format_prompt` as a chat template, as for the arithmetic task: user turn + newline, assistant turn + EOS.
-CHAT_TEMPLATE = ("{%- for message in messages %}"
+# `format_prompt` as a chat template: a user turn is its sentences, each after its label, and a newline (whitespace
+# runs become one space first, as in `format_prompt`); an assistant turn its text and EOS. Equal to `format_prompt`
+# on every input (tests/test_word_problems.py).
+CHAT_TEMPLATE = ("{%- set labels = '" + LABELS + "' %}"
+                 "{%- for message in messages %}"
                  "{%- if message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-                 "{%- else %}{{ message['content'].rstrip() + '\\n' }}{%- endif %}"
+                 "{%- else %}{%- for part in (message['content'].split() | join(' ')).split('. ') %}"
+                 "{{ ('' if loop.first else ' ') + (labels[loop.index0] if loop.index0 < labels | length else '')"
+                 " + part + ('' if loop.last else '.') }}"
+                 "{%- endfor %}{{ '\\n' }}{%- endif %}"
                  "{%- endfor %}")
 
 # Sentences per operation; `{p}` is the actor (a pronoun or a name), `{n}` the operand, `{o}` the object word.
@@ -135,25 +149,52 @@ def split_of(key: str) -> str:
     return "test" if h % TEST_BUCKETS == 0 else "train"
 
 
-def chain_of_thought(start: int, ops: list[tuple[str, int]]) -> tuple[str, int]:
-    """"016 *004=064 -005=059 #### 59" (numbers zero-padded to `WIDTH` digits) and the final value."""
-    parts, cur = [f"{start:0{WIDTH}d}"], start
-    for op, n in ops:
+def sentence_labels(frame: str, n_ops: int) -> tuple[str, list[str], str]:
+    """Labels (`LABELS`, one per sentence of the question, in order) of the chain's start, of each operation
+    and of the question line: the start comes from the first sentence, operation i from sentence i + 1, except in
+    the groups frame, whose first two sentences give the factor ("Lily has 4 bags.") and then the start ("Each
+    bag has 16 cookies.")."""
+    if n_ops + 2 > len(LABELS):
+        raise ValueError(f"{n_ops} operations need {n_ops + 2} sentence labels, more than the {len(LABELS)} of LABELS")
+    ops = list(LABELS[1:n_ops + 1])
+    start = LABELS[0]
+    if frame == "groups":
+        start, ops[0] = LABELS[1], LABELS[0]
+    return start, ops, LABELS[n_ops + 1]
+
+
+def chain_of_thought(start: int, ops: list[tuple[str, int]], frame: str = "present") -> tuple[str, int]:
+    """"$016@*004=064%-005=059&#### 59" and the final value: the start, one step "op operand = new total" per
+    operation and the final answer, each after the label of the question sentence it comes from
+    (`sentence_labels`, the labels `format_prompt` puts before the sentences); numbers zero-padded to `WIDTH`
+    digits, the final answer plain."""
+    start_label, op_labels, question_label = sentence_labels(frame, len(ops))
+    parts, cur = [f"{start_label}{start:0{WIDTH}d}"], start
+    for label, (op, n) in zip(op_labels, ops):
         cur = apply_op(cur, op, n)
-        parts.append(f"{op}{n:0{WIDTH}d}={cur:0{WIDTH}d}")
-    return " ".join(parts) + f" {ANSWER_MARK} {cur}", cur
+        parts.append(f"{label}{op}{n:0{WIDTH}d}={cur:0{WIDTH}d}")
+    return "".join(parts) + f"{question_label}{ANSWER_MARK} {cur}", cur
+
+
+def format_prompt(question: str) -> str:
+    """The prompt of the word-problem model: whitespace runs made one space, each sentence (split at ". ") after
+    its label (`LABELS`, in order; sentences past the last label have none), then one newline:
+    "Tom has 12 apples. He buys 7 more. How many apples does Tom have?" ->
+    "@Tom has 12 apples. $He buys 7 more. %How many apples does Tom have?\\n". The chain repeats each step's label
+    (`chain_of_thought`), so a step finds its sentence by label rather than by counting sentences (the plan errors
+    of pilots 7-8, `docs/words_model_pilots.md`)."""
+    parts = " ".join(question.split()).split(". ")
+    sentences = [p + "." for p in parts[:-1]] + parts[-1:]
+    return " ".join((LABELS[i] if i < len(LABELS) else "") + s for i, s in enumerate(sentences)) + "\n"
 
 
 def result_positions(answer_text: str) -> list[int]:
-    """Character offsets of the running totals' digits in a chain ("016 *004=064 -005=059 #### 59", with or without
-    its final answer: the digits after each "="): what the model computes rather than copies from the question
-    (`focus_mask` of training)."""
-    mark, step = answer_text.find(f" {ANSWER_MARK}"), 2 * WIDTH + 3  # " *004=064"
-    mark = len(answer_text) if mark < 0 else mark
-    return [i for i in range(WIDTH, mark) if (i - WIDTH) % step >= WIDTH + 3]
+    """Character offsets of the running totals' digits in a chain (the `WIDTH` digits after each "="): what the
+    model computes rather than copies from the question (`focus_mask` of training)."""
+    return [m.start(1) + j for m in re.finditer(rf"=(\d{{{WIDTH}}})", answer_text) for j in range(WIDTH)]
 
 
-_START_RE = re.compile(r"^\s*(\d+) ")
+_START_RE = re.compile(r"^\s*[^\d\s]?(\d+)")
 _STEP_RE = re.compile(r"([-+*/])(\d+)=(\d+)")
 
 
@@ -283,7 +324,7 @@ def make_problem(rng: random.Random, frame: str | None = None, n_ops: int | None
         math = _sample_math(rng, f, k)
         if math is None:
             continue
-        answer_text, value = chain_of_thought(*math)
+        answer_text, value = chain_of_thought(*math, frame=f)
         question = render(rng, f, *math)
         if len(answer_text) > MAX_ANSWER_CHARS or len(question) > MAX_QUESTION_CHARS:
             continue

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from jdllm.log import get_logger
 from jdllm.models.config import ModelConfig
+from jdllm.tasks import arithmetic
 from jdllm.train.diffusion import SFTData, TrainConfig, evaluate, problems_to_sft
 
 _LOG = get_logger(__name__)
@@ -19,7 +20,7 @@ def task_data(task: ModuleType, tok, args, prompt_len: int, gen_len: int) -> tup
     training problems drawn with `args.seed`, `args.eval_n` held-out ones with `args.seed + 1`."""
     t = time.time()
     train_problems = task.make_problems(args.train_pool, "train", seed=args.seed)
-    data = problems_to_sft(tok, train_problems, prompt_len, gen_len)
+    data = problems_to_sft(tok, train_problems, prompt_len, gen_len, prompt_format=task.format_prompt)
     test_problems = task.make_problems(args.eval_n, "test", seed=args.seed + 1)
     _LOG.info(f"data: {len(data)} train rows of {prompt_len}+{gen_len} tokens in {time.time() - t:.1f}s; "
               f"{len(test_problems)} held-out problems")
@@ -46,11 +47,15 @@ def train_config(args) -> TrainConfig:
                        drill_every=getattr(args, "drill_every", 0))
 
 
-def quick_eval(problems: Sequence, tok, gen_len: int, prompt_len: int) -> Callable:
-    """A `train(callback=)`: greedy held-out accuracy on `problems`, logged and recorded as `quick_acc`."""
+def quick_eval(problems: Sequence, tok, gen_len: int, prompt_len: int, task: ModuleType | None = None) -> Callable:
+    """A `train(callback=)`: greedy held-out accuracy on `problems` (prompts in `task.format_prompt`, default the
+    arithmetic task's), logged and recorded as `quick_acc`."""
+    prompt_format = (task or arithmetic).format_prompt
+
     def callback(step, model):
         t = time.time()
-        acc = evaluate(model, problems, gen_len, 32, tokenizer=tok, batch_size=len(problems), prompt_len=prompt_len)
+        acc = evaluate(model, problems, gen_len, 32, tokenizer=tok, batch_size=len(problems), prompt_len=prompt_len,
+                       prompt_format=prompt_format)
         _LOG.info(f"  [eval] step {step}: held-out accuracy {acc:.3f} on {len(problems)} ({time.time() - t:.0f}s)")
         return {"quick_acc": acc}
     return callback

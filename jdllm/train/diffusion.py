@@ -126,8 +126,10 @@ def encode_sft(tokenizer: Tokenizer, prompts: Sequence[str], answers: Sequence[s
     return SFTData(tokens, attention_mask, answer_mask, prompt_len, gen_len)
 
 
-def problems_to_sft(tokenizer: Tokenizer, problems: Sequence[Problem], prompt_len: int, gen_len: int) -> SFTData:
-    return encode_sft(tokenizer, [format_prompt(p.question) for p in problems], [p.answer_text for p in problems],
+def problems_to_sft(tokenizer: Tokenizer, problems: Sequence[Problem], prompt_len: int, gen_len: int,
+                    prompt_format: Callable[[str], str] = format_prompt) -> SFTData:
+    """Rows of `problems`: `prompt_format(question)` (the task's own, default the arithmetic task's), the answer."""
+    return encode_sft(tokenizer, [prompt_format(p.question) for p in problems], [p.answer_text for p in problems],
                       prompt_len, gen_len)
 
 
@@ -544,16 +546,17 @@ def make_greedy_sampler(graphdef, mask_id: int, gen_length: int, block_length: i
 
 def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 64, block_length: int = 32,
              steps: int | None = None, *, tokenizer: Tokenizer | None = None, batch_size: int = 128,
-             prompt_len: int | None = None, return_predictions: bool = False, progress: bool = False):
+             prompt_len: int | None = None, return_predictions: bool = False, progress: bool = False,
+             prompt_format: Callable[[str], str] = format_prompt):
     """Exact-answer accuracy of `model` on `problems` under greedy LLaDA decoding (low-confidence, semi-AR).
 
-    Prompts are `format_prompt(question)`, left-padded; the output is decoded up to the first EOS and scored
+    Prompts are `prompt_format(question)` (the task's own; default the arithmetic task's), left-padded; the output is decoded up to the first EOS and scored
     with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the decoded predictions if asked).
     """
     tokenizer = tokenizer or default_tokenizer()
     graphdef, params = nnx.split(model)
     sampler = make_greedy_sampler(graphdef, model.config.mask_id, gen_length, block_length, steps)
-    prompts = [format_prompt(p.question) for p in problems]
+    prompts = [prompt_format(p.question) for p in problems]
     tokens, mask = encode_prompts(tokenizer, prompts, prompt_len)
     preds: list[str] = []
     n = len(problems)

@@ -31,11 +31,13 @@ from jdllm.train.diffusion import encode_sft, evaluate, export_llada, param_coun
 from jdllm.train.shipped import number_init, record_history
 from jdllm.weights.hf import load_hf
 
-PROMPT_LEN = 96  # question + newline (<= 91 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
-GEN_LEN = 64  # two blocks of 32; the longest chain is 62 tokens, the rest is EOS padding
+PROMPT_LEN = 104  # labelled question + newline (<= 100 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
+GEN_LEN = 64  # two blocks of 32; the longest chain is 58 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
-ANSWER_PATTERN = r"^\d{3}( [-+*/]\d{3}=\d{3})+ #### \d+$"  # generation_config.json: what every trained answer looks like
+_LABEL = "[" + "".join("\\" + c for c in word_problems.LABELS) + "]"
+# generation_config.json: what every trained answer looks like ("@073$+058=131%-007=124&#### 124")
+ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}=\d{{3}})+{_LABEL}#### \d+$"
 
 _LOG = get_logger(__name__)
 
@@ -121,7 +123,7 @@ def main(argv=None):
     quick = test_problems[: args.quick_eval_n]
     cfg = small_llada_config(tok, args, MAX_SEQ_LEN)
     tc = train_config(args)
-    callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
+    callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN, task=word_problems) if args.eval_every else None
     drill = drill_data(tok, train_problems) if args.drill_steps or args.drill_every else None
     result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback, callback_every=args.eval_every,
                    stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10), drill=drill)
@@ -135,7 +137,7 @@ def main(argv=None):
     model = load_hf(args.out, check_finite=True)  # evaluate what ships
     t_eval = time.time()
     acc, preds = evaluate(model, test_problems, GEN_LEN, 32, tokenizer=tok, batch_size=100, prompt_len=PROMPT_LEN,
-                          return_predictions=True, progress=True)
+                          return_predictions=True, progress=True, prompt_format=word_problems.format_prompt)
     eval_seconds = time.time() - t_eval
     per_frame = frame_accuracy(model, tok, args.seed + 1)
     size_mb = os.path.getsize(os.path.join(args.out, "model.safetensors")) / 2**20
@@ -167,14 +169,14 @@ def focus_mask(data, answers: list[str], eos_id: int) -> np.ndarray:
     return out
 
 
-DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 56  # drill rows: a one-token prompt ("\n"), the chain (<= 53 tokens), EOS
+DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 56  # drill rows: a one-token prompt ("\n"), the chain (<= 49 tokens), EOS
 
 
 def drill_data(tok, problems):
     """Arithmetic drill rows: each problem's chain without its question and final answer
-    ("016 *004=064 -005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
+    ("@016$*004=064%-005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
     row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
-    chains = [p.answer_text[: p.answer_text.index(f" {word_problems.ANSWER_MARK}")] for p in problems]
+    chains = [p.answer_text[: p.answer_text.index(word_problems.ANSWER_MARK) - 1] for p in problems]
     data = encode_sft(tok, ["\n"] * len(chains), chains, DRILL_PROMPT_LEN, DRILL_GEN_LEN)
     data.focus_mask = focus_mask(data, chains, tok.eos_id)
     return data
@@ -199,7 +201,8 @@ def frame_accuracy(model, tok, seed: int, n: int = 100) -> dict[str, float]:
     out = {}
     for frame in word_problems.FRAMES:
         probs = word_problems.make_problems(n, "test", seed=seed, frame=frame)
-        out[frame] = evaluate(model, probs, GEN_LEN, 32, tokenizer=tok, batch_size=n, prompt_len=PROMPT_LEN)
+        out[frame] = evaluate(model, probs, GEN_LEN, 32, tokenizer=tok, batch_size=n, prompt_len=PROMPT_LEN,
+                              prompt_format=word_problems.format_prompt)
     return out
 
 
@@ -240,15 +243,18 @@ Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixe
 (`fold_in(key(seed), step)`); resumable from the orbax checkpoints in `--ckpt-dir`.
 
 ## Prompt format and decoding
-- Prompt: the question and one newline (chat template in `tokenizer_config.json`: a user turn is its text,
-  right-stripped, + `\\n`). `tokenizer.json` normalises first (NFKC, lower case, runs of spaces / tabs to one
-  space, no spaces around newlines or at the start), so case and spacing do not matter. Characters are tokens,
-  the {len(w.vocabulary_words())} template words (lower case, with and without a leading space) are whole-word tokens, digits are
-  one token each; names and object words are spelled character by character, so unseen ones are ordinary input.
-  Questions are at most {w.MAX_QUESTION_CHARS} characters (<= 91 tokens; prompt region {PROMPT_LEN} in training).
+- Prompt: the question's sentences, each after its label (`{w.LABELS}` in order), and one newline
+  (`word_problems.format_prompt`; the chat template in `tokenizer_config.json` renders the same for a user
+  turn): `@Tom has 12 apples. $He buys 7 more. %How many apples does Tom have?\\n`. `tokenizer.json` normalises
+  first (NFKC, lower case, runs of spaces / tabs to one space, no spaces around newlines or at the start), so
+  case and spacing do not matter. Characters are tokens, the {len(w.vocabulary_words())} template words (lower case, with and without
+  a leading space) are whole-word tokens, digits are one token each; names and object words are spelled
+  character by character, so unseen ones are ordinary input. Questions are at most {w.MAX_QUESTION_CHARS} characters
+  (<= 100 tokens as a prompt; prompt region {PROMPT_LEN} in training).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
-  first `<|eos|>`, e.g. `016 *004=064 -005=059 #### 59` (running totals, zero-padded to three digits so that
-  every step has the same width; the final answer after `####` is plain).
+  first `<|eos|>`, e.g. `@012$+007=019%#### 19`: the start and each step "op operand = new total" after the
+  label of the sentence it comes from, then the question's label and the final answer (running totals
+  zero-padded to three digits so that every step has the same width; the final answer after `####` is plain).
 
 - Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
 
