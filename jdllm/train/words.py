@@ -32,12 +32,12 @@ from jdllm.train.shipped import number_init, record_history
 from jdllm.weights.hf import load_hf
 
 PROMPT_LEN = 104  # labelled question + newline (<= 100 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
-GEN_LEN = 64  # two blocks of 32; the longest chain is 58 tokens, the rest is EOS padding
+GEN_LEN = 96  # three blocks of 32; the longest chain is 73 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
 _LABEL = "[" + "".join("\\" + c for c in word_problems.LABELS) + "]"
-# generation_config.json: what every trained answer looks like ("@073$+058=131%-007=124&#### 124")
-ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}=\d{{3}})+{_LABEL}#### \d+$"
+# generation_config.json: what every trained answer looks like ("@073$+058:11=131%-007:10=124&#### 124")
+ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}:\d\d=\d{{3}})+{_LABEL}#### \d+$"
 
 _LOG = get_logger(__name__)
 
@@ -169,13 +169,13 @@ def focus_mask(data, answers: list[str], eos_id: int) -> np.ndarray:
     return out
 
 
-DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 56  # drill rows: a one-token prompt ("\n"), the chain (<= 49 tokens), EOS
+DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 72  # drill rows: a one-token prompt ("\n"), the chain (<= 64 tokens), EOS
 
 
 def drill_data(tok, problems):
     """Arithmetic drill rows: each problem's chain without its question and final answer
-    ("@016$*004=064%-005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
-    row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
+    ("@016$*004:20=064%-005:10=059"), focus on the helper digits and the totals. The arithmetic in isolation,
+    about a third of a full row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
     chains = [p.answer_text[: p.answer_text.index(word_problems.ANSWER_MARK) - 1] for p in problems]
     data = encode_sft(tok, ["\n"] * len(chains), chains, DRILL_PROMPT_LEN, DRILL_GEN_LEN)
     data.focus_mask = focus_mask(data, chains, tok.eos_id)
@@ -252,9 +252,11 @@ Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixe
   character by character, so unseen ones are ordinary input. Questions are at most {w.MAX_QUESTION_CHARS} characters
   (<= 100 tokens as a prompt; prompt region {PROMPT_LEN} in training).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
-  first `<|eos|>`, e.g. `@012$+007=019%#### 19`: the start and each step "op operand = new total" after the
-  label of the sentence it comes from, then the question's label and the final answer (running totals
-  zero-padded to three digits so that every step has the same width; the final answer after `####` is plain).
+  first `<|eos|>`, e.g. `@012$+007:00=019%#### 19`: the start and each step "op operand : helper digits = new
+  total" after the label of the sentence it comes from, then the question's label and the final answer. The
+  helper digits are the carries (+, x), borrows (-) or remainders (/) a person writes down
+  (`word_problems.helper_digits`); running totals are zero-padded to three digits so that every step has the
+  same width; the final answer after `####` is plain.
 
 - Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
 
