@@ -28,9 +28,10 @@ from jdllm.tasks import word_problems as wp
 from jdllm.train.common import small_llada_config, train_config
 from jdllm.train.diffusion import encode_sft, train
 from jdllm.train.shipped import number_init
+from jdllm.train.words import DRILL_GEN_LEN as GEN
+from jdllm.train.words import DRILL_PROMPT_LEN as PROMPT
 from jdllm.train.words import parse_args
 
-PROMPT, GEN = 8, 72
 PLACES = ("hundreds", "tens", "ones")
 
 

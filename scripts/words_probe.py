@@ -27,9 +27,9 @@ from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
 
 KINDS = ("label", "start", "op", "operand", "helper", "result", "final", "eos")
 START = 1 + wp.WIDTH  # "@016": the start's label and digits
-STEP = 12  # "$+007:00=019"
 STEP_LAYOUT = {0: "label", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "colon", 6: "helper", 7: "helper",
-               8: "eq", 9: "result", 10: "result", 11: "result"}
+               8: "eq", 9: "result", 10: "result", 11: "result"}  # "$+007:00=019"
+STEP = len(STEP_LAYOUT)
 
 
 def kinds_of(answer: str) -> list[str]:

@@ -550,8 +550,8 @@ def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 
              prompt_format: Callable[[str], str] = format_prompt):
     """Exact-answer accuracy of `model` on `problems` under greedy LLaDA decoding (low-confidence, semi-AR).
 
-    Prompts are `prompt_format(question)` (the task's own; default the arithmetic task's), left-padded; the output is decoded up to the first EOS and scored
-    with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the decoded predictions if asked).
+    Prompts are `prompt_format(question)` (the task's own; default the arithmetic task's), left-padded; the output
+    is decoded up to the first EOS and scored with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the decoded predictions if asked).
     """
     tokenizer = tokenizer or default_tokenizer()
     graphdef, params = nnx.split(model)

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import time
 
@@ -35,7 +36,7 @@ PROMPT_LEN = 104  # labelled question + newline (<= 100 tokens, `word_problems.M
 GEN_LEN = 96  # three blocks of 32; the longest chain is 73 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
-_LABEL = "[" + "".join("\\" + c for c in word_problems.LABELS) + "]"
+_LABEL = "[" + re.escape(word_problems.LABELS) + "]"
 # generation_config.json: what every trained answer looks like ("@073$+058:11=131%-007:10=124&#### 124")
 ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}:\d\d=\d{{3}})+{_LABEL}#### \d+$"
 
