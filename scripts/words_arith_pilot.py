@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The word-problem model's arithmetic in isolation (issue 12 diagnostics): how fast does the model learn the
-running totals' digits when it sees only chains ("@016$*004:20=064%-005:10=059", no question, no final answer) with
+running totals' digits when it sees only chains ("@016$*004=064%-005=059", no question, no final answer) with
 the totals masked (focus rows, `mask_candidates`) and the start and operands visible?
 
     python scripts/words_arith_pilot.py --stop-at 1000 [jdllm train words options: --lr, --batch-size, ...]
@@ -11,7 +11,6 @@ Every 250 steps: the accuracy of each step's total digits, masked one step at a 
 """
 from __future__ import annotations
 
-import re
 import sys
 
 import jax
@@ -31,9 +30,10 @@ def encode(tok, n: int, split: str, seed: int):
     data = drill_data(tok, problems)
     slots = np.full(data.tokens.shape, "", dtype=object)
     for r, p in enumerate(problems):
-        for k, m in enumerate(re.finditer(r"([-+*/])\d{3}:\d\d=(\d{3})", p.answer_text)):
+        eq = [i for i, ch in enumerate(p.answer_text) if ch == "="]
+        for k, e in enumerate(eq):
             for d, place in enumerate(("hundreds", "tens", "ones")):
-                slots[r, DRILL_PROMPT_LEN + m.start(2) + d] = f"{k} {m.group(1)} {place}"
+                slots[r, DRILL_PROMPT_LEN + e + 1 + d] = f"{k} {p.answer_text[e - 4]} {place}"
     return data, slots
 
 

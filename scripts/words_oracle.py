@@ -7,8 +7,8 @@ Decodes `--n` held-out problems as the issue's bar does (LLaDA low-confidence, o
 steps = gen_length), written out as a plain loop so that parts of the gold answer can be given: those positions
 start committed to the gold token and the rest decode as usual. Four runs: nothing given; the EOS positions
 (the chain's length); the final line ("&#### N", after the question's label) and the EOS positions; the whole
-plan (start, operations, operands, the sentence labels, each step's ":" and "=" and the end), so only the
-helper digits and the totals are decoded. Per run: exact answers, and chains whose every step
+plan (start, operations, operands, the sentence labels, each step's "=" and the end), so only the totals are
+decoded. Per run: exact answers, and chains whose every step
 (op, operand, total) is right (`words_errors.classify`).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from jdllm.weights.hf import load_hf
 
 BLOCK = 32
 RUNS = (("nothing", ()), ("the EOS positions", ("eos",)), ("the final line and the EOS positions", ("mark", "final", "eos")),
-        ("the plan", ("label", "start", "op", "operand", "colon", "eq", "mark", "final", "eos")))  # `kinds_of` kinds
+        ("the plan", ("label", "start", "op", "operand", "eq", "mark", "final", "eos")))  # `kinds_of` kinds
 
 
 def gold_kinds(tok, problems, eos_id: int):

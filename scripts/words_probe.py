@@ -25,15 +25,15 @@ from jdllm.train.common import small_llada_config, train_config
 from jdllm.train.diffusion import _manager, make_optimizer, problems_to_sft, restore_checkpoint
 from jdllm.train.words import GEN_LEN, PROMPT_LEN, parse_args
 
-KINDS = ("label", "start", "op", "operand", "helper", "result", "final", "eos")
+KINDS = ("label", "start", "op", "operand", "result", "final", "eos")
 START = 1 + wp.WIDTH  # "@016": the start's label and digits
-STEP_LAYOUT = {0: "label", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "colon", 6: "helper", 7: "helper",
-               8: "eq", 9: "result", 10: "result", 11: "result"}  # "$+007:00=019"
+STEP_LAYOUT = {0: "label", 1: "op", 2: "operand", 3: "operand", 4: "operand", 5: "eq", 6: "result", 7: "result",
+               8: "result"}  # "$+007=019"
 STEP = len(STEP_LAYOUT)
 
 
 def kinds_of(answer: str) -> list[str]:
-    """The kind of each character of a chain "LSSSLoBBB:HH=CCC...L#### N" (L: a sentence label)."""
+    """The kind of each character of a chain "LSSSLoBBB=CCC...L#### N" (L: a sentence label)."""
     mark = answer.index(wp.ANSWER_MARK) - 1  # the question's label
     out = []
     for i, ch in enumerate(answer):
@@ -50,9 +50,9 @@ def result_slots(answer: str) -> list[str]:
     """For each character: "<op> <place>" of a result digit (e.g. "* tens"), else ""."""
     mark, out = answer.index(wp.ANSWER_MARK) - 1, []
     for i in range(len(answer)):
-        slot = (i - START) % STEP
-        out.append(f"{answer[START + STEP * ((i - START) // STEP) + 1]} {('hundreds', 'tens', 'ones')[slot - 9]}"
-                   if START <= i < mark and slot >= 9 else "")
+        slot = (i - START) % 9
+        out.append(f"{answer[START + 9 * ((i - START) // 9) + 1]} {('hundreds', 'tens', 'ones')[slot - 6]}"
+                   if START <= i < mark and slot >= 6 else "")
     return out
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
     # of all steps but the first: the previous total is the previous step's result).
     m = kinds == "result"
     step_of = np.full(data.tokens.shape, -1)
-    step_of[:, PROMPT_LEN:] = (np.arange(GEN_LEN) - START) // STEP
+    step_of[:, PROMPT_LEN:] = (np.arange(GEN_LEN) - START) // 9
     right = np.zeros(data.tokens.shape, bool)
     for j in range(max(wp.N_OPS)):
         mj = m & (step_of == j)

@@ -9,11 +9,11 @@ from jdllm.tasks import word_problems as wp
 
 
 def _recompute(p) -> int:
-    """Check the chain ("@016$*004:20=064%-005:10=059&#### 59": labelled, zero-padded running totals, helper
-    digits) with plain Python arithmetic and return its final value."""
-    m = re.fullmatch(r"[^\w\s](\d{3})((?:[^\w\s][-+*/]\d{3}:\d\d=\d{3})+)[^\w\s]#### (\d+)", p.answer_text)
+    """Check the chain ("@016$*004=064%-005=059&#### 59": labelled, zero-padded running totals) with plain
+    Python arithmetic and return its final value."""
+    m = re.fullmatch(r"[^\w\s](\d{3})((?:[^\w\s][-+*/]\d{3}=\d{3})+)[^\w\s]#### (\d+)", p.answer_text)
     assert m, p.answer_text
-    steps = re.findall(r"[^\w\s]([-+*/])(\d{3}):\d\d=(\d{3})", m.group(2))
+    steps = re.findall(r"[^\w\s]([-+*/])(\d{3})=(\d{3})", m.group(2))
     assert 1 <= len(steps) <= 5, p.answer_text
     prev = None
     a = int(m.group(1))
@@ -117,7 +117,7 @@ def test_tokenizer_digits_unknown_words_and_normalisation():
     same = ["Tom has 12 apples. How many apples does Tom have?\n",
             "  tom   HAS 12 apples.\tHow many APPLES does tom have?  \n"]
     assert tok.encode(same[0]) == tok.encode(same[1])
-    assert tok.decode(tok.encode("@012$*003:00=036%#### 36")) == "@012$*003:00=036%#### 36"
+    assert tok.decode(tok.encode("@012$*003=036%#### 36")) == "@012$*003=036%#### 36"
     for p in wp.make_problems(300, "train", seed=0):  # the model's prompt region fits every question
         assert len(tok.encode(wp.format_prompt(p.question))) <= 100
     assert tok.encode("<|mask|>") == [tok.mask_id]
@@ -175,13 +175,12 @@ def test_digit_fourier_init_targets_the_digit_tokens():
         number_init(tok, "2,5,10", count=11)
 
 
-def test_result_positions_are_the_helper_digits_and_the_totals():
+def test_result_positions_are_the_digits_after_each_equals_sign():
     import re
 
     for p in wp.make_problems(300, "train", seed=4):
         text = p.answer_text
-        want = sorted([m.start() + 1 + k for m in re.finditer("=", text) for k in range(wp.WIDTH)]
-                      + [m.start() + 1 + k for m in re.finditer(":", text) for k in range(2)])
+        want = [m.start() + 1 + k for m in re.finditer("=", text) for k in range(wp.WIDTH)]
         assert wp.result_positions(text) == want, text
         assert all(text[i].isdigit() for i in want)
 
@@ -197,8 +196,8 @@ def test_each_chain_element_carries_the_label_of_its_sentence():
         order = list(sentences)  # the prompt's labels, in order: every sentence feeds one chain element
         if "Each " in p.question:
             order[:2] = order[1::-1]
-        assert [c for c in p.answer_text if not c.isalnum() and c not in " -+*/=:#"] == order, (prompt, p.answer_text)
-        elements = re.findall(r"([^\w\s=:])([-+*/]?)(\d{3})", p.answer_text)
+        assert [c for c in p.answer_text if not c.isalnum() and c not in " -+*/=#"] == order, (prompt, p.answer_text)
+        elements = re.findall(r"([^\w\s=])([-+*/]?)(\d{3})", p.answer_text)
         for label, op, n in elements:
             sentence = sentences[label]
             assert int(n) in [int(x) for x in re.findall(r"\d+", sentence)], (label, n, sentence)
@@ -227,28 +226,3 @@ def test_chat_template_renders_what_format_prompt_returns():
     done = template.render([{"role": "user", "content": "A b. C?"}, {"role": "assistant", "content": "@001%#### 1"}],
                            add_generation_prompt=False)
     assert done == "@A b. $C?\n@001%#### 1<|eos|>"
-
-
-def test_helper_digits_make_every_total_digit_a_three_digit_function():
-    """With the two helper digits, each digit of a step's total follows from the digits of its own column and one
-    helper digit (written-arithmetic rules, checked here column by column without `apply_op`)."""
-    checked = set()
-    for p in wp.make_problems(3000, "train", seed=8):
-        for m in re.finditer(r"(\d{3})(?=[^\w\s]([-+*/])(\d{3}):(\d)(\d)=(\d{3}))", p.answer_text):
-            (a2, a1, a0), op, (_, b1, b0), h1, h2, c = [int(x) for x in m.group(1)], m.group(2), \
-                [int(x) for x in m.group(3)], int(m.group(4)), int(m.group(5)), m.group(6)
-            b = 10 * b1 + b0
-            if op == "+":
-                digits = [a2 + h2, (a1 + b1 + h1) % 10, (a0 + b0) % 10]
-                assert h1 == (a0 + b0 >= 10) and h2 == (a1 + b1 + h1 >= 10)
-            elif op == "-":
-                digits = [a2 - h2, a1 - h1 - b1 + 10 * h2, a0 - b0 + 10 * h1]
-            elif op == "*":
-                digits = [a2 * b + h2, (a1 * b + h1) % 10, (a0 * b) % 10]
-                assert h1 == a0 * b // 10
-            else:
-                digits = [a2 // b, (10 * h1 + a1) // b, (10 * h2 + a0) // b]
-                assert h1 == a2 % b
-            assert "".join(map(str, digits)) == c, (p.answer_text, m.start())
-            checked.add(op)
-    assert checked == set("+-*/")

@@ -7,19 +7,13 @@ token, so results are multi-token)::
 
     question: "Lily has 4 bags. Each bag has 16 cookies. She eats 5 of them. How many cookies does Lily have now?"
     prompt:   "@Lily has 4 bags. $Each bag has 16 cookies. %She eats 5 of them. &How many cookies does Lily have now?\n"
-    answer:   "$016@*004:20=064%-005:10=059&#### 59"
+    answer:   "$016@*004=064%-005=059&#### 59"
 
 The prompt labels the question's sentences (`LABELS`, `format_prompt`, also as the chat template) and every
 element of the chain starts with the label of the sentence it comes from (`sentence_labels`); the final line
 carries the question's label. A step then finds its sentence by matching a label, which attention does in one
 hop, instead of counting sentences: the models of pilots 7-8 misread the question in a third of their answers
 (extra, repeated or shifted steps; `docs/words_model_pilots.md`).
-
-Each step writes two helper digits before its total (`helper_digits`, after ":"): the carries of + and x into the
-tens and the hundreds, the borrows of -, the remainders of / after its hundreds and tens digit. With them every
-digit of a total is a function of at most three visible digits at fixed offsets, the way a person writes the
-carries down, instead of a carry chain computed inside one forward: the carries were the arithmetic the models of
-pilots 7-8 did not learn (tens digit of x right half the time, `docs/words_model_pilots.md`).
 
 Numbers in the chain are written with three digits (zero-padded) so that every step has the same width: the
 units, tens and hundreds digits of the operands and of the new total sit at fixed offsets from each other, the
@@ -34,7 +28,7 @@ Frames (`FRAMES`), each with its own sentences per operation:
 - "present": "Tom has 12 apples. He buys 7 more. Then he loses 5. How many apples does Tom have?" (+ - x /)
 - "past":    "Tom had 12 apples. He bought 7. Then he lost 5. How many apples did Tom have in the end?" (+ - x /)
 - "container": "A box has 12 eggs. She puts in 6. Then she takes out 4. How many eggs are in the box now?" (+ -)
-- "groups":  "Lily has 4 bags. Each bag has 16 cookies. ..." (chain "$016@*004:20=064", then + -)
+- "groups":  "Lily has 4 bags. Each bag has 16 cookies. ..." (chain "$016@*004=064", then + -)
 - "sharing": "... She shares them equally among 4 friends. How many does each friend get?" (last operation /)
 The question line has several paraphrases per frame. Names and object words are drawn from lists and, one time in
 three, made up from syllables (`made_up_word`), so a model cannot rely on a closed vocabulary of them.
@@ -54,7 +48,7 @@ import re
 from jdllm.tasks.arithmetic import ANSWER_MARK, Problem, extract_answer, score
 
 __all__ = ["Problem", "extract_answer", "format_prompt", "score", "make_problems", "make_problem", "chain_of_thought",
-           "canonical", "split_of", "evaluate_chain", "sentence_labels", "helper_digits", "LABELS", "made_up_word", "parse_question", "check_question", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
+           "canonical", "split_of", "evaluate_chain", "sentence_labels", "LABELS", "made_up_word", "parse_question", "check_question", "vocabulary_words", "word_tokenizer", "alphabet", "FRAMES", "CHAT_TEMPLATE"]
 
 NAMES = ("Tom", "Sam", "Ben", "Max", "Leo", "Dan", "Tim", "Jack", "Omar", "Ravi", "Kenji", "Pedro", "Ahmed", "Lucas",
          "Noah", "Ethan", "Ivan", "Yusuf", "Carlos", "Felix", "Ann", "Mia", "Eva", "Zoe", "Ivy", "Amy", "Lily", "Kate",
@@ -78,7 +72,7 @@ PER_GROUP_RANGE = (2, 99)  # groups frame: items per group (the chain's start)
 OPERAND_DIGITS = (0.4, 0.6, 0.0)  # + and - operands: weights of 1, 2 and 3 digits
 OPERAND_RANGE = (1, 10 ** max(d + 1 for d, w in enumerate(OPERAND_DIGITS) if w > 0) - 1)  # what those weights draw
 WIDTH = 3  # digits of every number in the chain (zero-padded)
-MAX_ANSWER_CHARS = 94  # the longest chain (5 steps, 3-digit answer) has 73 characters: fits a 96-token region
+MAX_ANSWER_CHARS = 62  # the longest chain (5 steps, 3-digit answer) has 58 characters: fits a 64-token region
 MAX_QUESTION_CHARS = 170  # longer questions are re-drawn (<= 98 tokens of `word_tokenizer` as a labelled prompt)
 LABELS = "@$%&^~|<>"  # sentence labels of the prompt and the chain (characters no question or answer uses)
 TEST_BUCKETS = 10
@@ -169,38 +163,16 @@ def sentence_labels(frame: str, n_ops: int) -> tuple[str, list[str], str]:
     return start, ops, LABELS[n_ops + 1]
 
 
-def helper_digits(a: int, op: str, b: int) -> tuple[int, int]:
-    """The two digits a person writes down while computing `a op b` column by column (a <= 999, b < 100; x and /
-    by one digit): + the carries into the tens and into the hundreds; - the borrows from the tens and from the
-    hundreds; x the carries into the tens and the hundreds (0..8); / the remainders after the hundreds digit and
-    after the tens digit of the quotient (long division)."""
-    a0, a1, a2, b0, b1 = a % 10, a // 10 % 10, a // 100, b % 10, b // 10 % 10
-    if op == "+":
-        c1 = (a0 + b0) // 10
-        return c1, (a1 + b1 + c1) // 10
-    if op == "-":
-        borrow = int(a0 < b0)
-        return borrow, int(a1 - borrow < b1)
-    if op == "*":
-        c1 = a0 * b // 10
-        return c1, (a1 * b + c1) // 10
-    if op == "/":
-        r2 = a2 % b
-        return r2, (10 * r2 + a1) % b
-    raise ValueError(f"op must be one of + - * /, got {op!r}")
-
-
 def chain_of_thought(start: int, ops: list[tuple[str, int]], frame: str = "present") -> tuple[str, int]:
-    """"$016@*004:20=064%-005:10=059&#### 59" and the final value: the start, one step "op operand : helper
-    digits = new total" per operation (`helper_digits`) and the final answer, each after the label of the question
-    sentence it comes from (`sentence_labels`, the labels `format_prompt` puts before the sentences); numbers
-    zero-padded to `WIDTH` digits, the final answer plain."""
+    """"$016@*004=064%-005=059&#### 59" and the final value: the start, one step "op operand = new total" per
+    operation and the final answer, each after the label of the question sentence it comes from
+    (`sentence_labels`, the labels `format_prompt` puts before the sentences); numbers zero-padded to `WIDTH`
+    digits, the final answer plain."""
     start_label, op_labels, question_label = sentence_labels(frame, len(ops))
     parts, cur = [f"{start_label}{start:0{WIDTH}d}"], start
     for label, (op, n) in zip(op_labels, ops):
-        h1, h2 = helper_digits(cur, op, n)
         cur = apply_op(cur, op, n)
-        parts.append(f"{label}{op}{n:0{WIDTH}d}:{h1}{h2}={cur:0{WIDTH}d}")
+        parts.append(f"{label}{op}{n:0{WIDTH}d}={cur:0{WIDTH}d}")
     return "".join(parts) + f"{question_label}{ANSWER_MARK} {cur}", cur
 
 
@@ -217,14 +189,13 @@ def format_prompt(question: str) -> str:
 
 
 def result_positions(answer_text: str) -> list[int]:
-    """Character offsets of the digits a chain computes rather than copies from the question: each step's helper
-    digits (after ":") and its running total (after "="); the `focus_mask` of training."""
-    return [i for m in re.finditer(rf":(\d\d)=(\d{{{WIDTH}}})", answer_text)
-            for i in (*range(m.start(1), m.end(1)), *range(m.start(2), m.end(2)))]
+    """Character offsets of the running totals' digits in a chain (the `WIDTH` digits after each "="): what the
+    model computes rather than copies from the question (`focus_mask` of training)."""
+    return [m.start(1) + j for m in re.finditer(rf"=(\d{{{WIDTH}}})", answer_text) for j in range(WIDTH)]
 
 
 _START_RE = re.compile(r"^\s*[^\d\s]?(\d+)")
-_STEP_RE = re.compile(r"([-+*/])(\d+)(?::\d+)?=(\d+)")
+_STEP_RE = re.compile(r"([-+*/])(\d+)=(\d+)")
 
 
 def evaluate_chain(answer_text: str) -> list[tuple[int, str, int, int]]:

@@ -33,12 +33,12 @@ from jdllm.train.shipped import number_init, record_history
 from jdllm.weights.hf import load_hf
 
 PROMPT_LEN = 104  # labelled question + newline (<= 100 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
-GEN_LEN = 96  # three blocks of 32; the longest chain is 73 tokens, the rest is EOS padding
+GEN_LEN = 64  # two blocks of 32; the longest chain is 58 tokens, the rest is EOS padding
 MAX_SEQ_LEN = 2048
 MODEL_NAME = "words-llada-small"
 _LABEL = "[" + re.escape(word_problems.LABELS) + "]"
-# generation_config.json: what every trained answer looks like ("@073$+058:11=131%-007:10=124&#### 124")
-ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}:\d\d=\d{{3}})+{_LABEL}#### \d+$"
+# generation_config.json: what every trained answer looks like ("@073$+058=131%-007=124&#### 124")
+ANSWER_PATTERN = rf"^{_LABEL}\d{{3}}({_LABEL}[-+*/]\d{{3}}=\d{{3}})+{_LABEL}#### \d+$"
 
 _LOG = get_logger(__name__)
 
@@ -55,6 +55,7 @@ PILOTS = """All on the project's 2-core CPU, 6 layers unless noted; figures and 
 | 7 | v2 | as 5 with periods 2, 5, 10, 20, 40; 3000 drill steps on chains alone (`--drill-steps 3000`), then the full task to step 9000 (about 107 min) | **29.0% on 500 held-out**; + and - ones digits learned, carries (tens) and x, / not; a third of the answers misread the question while decoding |
 | 8 | v2 | as 7, plus a drill batch every 4th step after the switch (`--drill-every 4`), 9000 steps (about 100 min) | **33.0% on 500 held-out** (per frame 40 / 38 / 51 / 25 / 19%); plan errors 35.5% of 200, arithmetic 33% |
 | 9 | v3 (v2 + sentence labels in the prompt and the chain) | as 8 (101 min) | **54.6% on 500 held-out** (per frame 57 / 60 / 85 / 40 / 17%); plan errors 1% of 200, arithmetic 43.5% (x tens 16%, / 13.5%) |
+| 10 | v4 (v3 + two helper digits per step: carries, borrows, remainders; 96-token answers) | as 9 (about 123 min, resumed once) | **39.0% on 500 held-out** (per frame 51 / 43 / 63 / 38 / 20%); slower to learn at every step (quick held-out 22% at step 8000, pilot 9: 56%); the task went back to v3 |
 
 What they taught: lr 3e-3 stalls even one-operation problems (loss flat from step 300); spelling names by
 character is not the bottleneck (whole-word names learn no faster); copying the question's numbers and
@@ -65,8 +66,9 @@ near chance for 750 steps. Each input digit alone tells nothing about (a + b) mo
 first-order signal to find the two inputs (`docs/words_model_pilots.md`). A drill phase on chains alone
 (pilot 7) taught the ones digits; then two failures remain about equally: carries, and the plan (the operations
 the chain lists) going wrong while decoding, mostly extra or repeated steps. Labelling the question's sentences
-and starting each chain element with its sentence's label (pilot 9) removed the plan errors; the carries remain,
-hence the helper digits of the current task (v4: carries, borrows, remainders written before each total)."""
+and starting each chain element with its sentence's label (pilot 9) removed the plan errors; the carries remain.
+Writing the carries down before each total (pilot 10) made the model learn more slowly, not faster, within the
+budget, so the current task is v3 again."""
 
 
 def parse_args(argv=None):
@@ -173,13 +175,13 @@ def focus_mask(data, answers: list[str], eos_id: int) -> np.ndarray:
     return out
 
 
-DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 72  # drill rows: a one-token prompt ("\n"), the chain (<= 64 tokens), EOS
+DRILL_PROMPT_LEN, DRILL_GEN_LEN = 8, 56  # drill rows: a one-token prompt ("\n"), the chain (<= 49 tokens), EOS
 
 
 def drill_data(tok, problems):
     """Arithmetic drill rows: each problem's chain without its question and final answer
-    ("@016$*004:20=064%-005:10=059"), focus on the helper digits and the totals. The arithmetic in isolation,
-    about a third of a full row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
+    ("@016$*004=064%-005=059"), focus on the totals' digits. The arithmetic in isolation, about a third of a full
+    row's cost (`scripts/words_arith_pilot.py`, `docs/words_model_pilots.md`)."""
     chains = [p.answer_text[: p.answer_text.index(word_problems.ANSWER_MARK) - 1] for p in problems]
     data = encode_sft(tok, ["\n"] * len(chains), chains, DRILL_PROMPT_LEN, DRILL_GEN_LEN)
     data.focus_mask = focus_mask(data, chains, tok.eos_id)
@@ -256,11 +258,9 @@ Fixed data (`make_problems({args.train_pool}, "train", seed={args.seed})`), fixe
   character by character, so unseen ones are ordinary input. Questions are at most {w.MAX_QUESTION_CHARS} characters
   (<= 100 tokens as a prompt; prompt region {PROMPT_LEN} in training).
 - Generation: `gen_length={GEN_LEN}`, `block_length=32`, `steps={GEN_LEN}`; the answer is the text before the
-  first `<|eos|>`, e.g. `@012$+007:00=019%#### 19`: the start and each step "op operand : helper digits = new
-  total" after the label of the sentence it comes from, then the question's label and the final answer. The
-  helper digits are the carries (+, x), borrows (-) or remainders (/) a person writes down
-  (`word_problems.helper_digits`); running totals are zero-padded to three digits so that every step has the
-  same width; the final answer after `####` is plain.
+  first `<|eos|>`, e.g. `@012$+007=019%#### 19`: the start and each step "op operand = new total" after the
+  label of the sentence it comes from, then the question's label and the final answer (running totals
+  zero-padded to three digits so that every step has the same width; the final answer after `####` is plain).
 
 - Special ids: `<|pad|>`={cfg.pad_id}, `<|eos|>`={cfg.eos_id}, `<|mask|>`={cfg.mask_id}.
 
