@@ -15,7 +15,7 @@ from jdllm.weights.hf import load_hf
 from jdllm.train.diffusion import (
     TrainConfig, batch_indices, bucketed_batch_indices, default_tokenizer, diffusion_loss, draw_mask, evaluate, export_llada,
     fourier_number_init, make_greedy_sampler, problems_to_sft, sft_loss, train, transfer_schedule,
-    trim_padding, focus_rows, mask_candidates, SFTData)
+    trim_padding, focus_rows, mask_candidates, read_ledger, SFTData)
 
 P, G = 96, 64
 
@@ -285,6 +285,26 @@ def test_resume_from_checkpoint_continues_at_the_right_step(tok, data, tmp_path)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert [h["loss"] for h in second.history] == pytest.approx([h["loss"] for h in straight.history[4:]],
                                                                 rel=1e-4)
+
+
+def test_ledger_counts_an_invocation_that_never_returned(tok, data, tmp_path):
+    """A run killed after a checkpoint (its caller never got to record anything) still counts its time: the loop
+    marks the ledger at every checkpoint, and the resumed run adds to the mark of the checkpoint it resumes."""
+    cfg = tiny_cfg(tok)
+    tc = TrainConfig(steps=6, batch_size=8, peak_lr=3e-3, warmup_steps=2, log_every=1, ckpt_every=2)
+    quiet = lambda s: None  # noqa: E731
+    ckpt = str(tmp_path / "ckpt")
+    first = train(cfg, tc, data, ckpt_dir=ckpt, stop_at=4, progress=False, log=quiet)  # "killed" at step 4
+    meta = json.loads((tmp_path / "ckpt" / "train_meta.json").read_text())
+    assert meta["step"] == 4 and sorted(meta["checkpoints"], key=int) == ["2", "4"]
+    at4 = meta["checkpoints"]["4"]
+    assert 0 < at4 <= first.seconds
+    second = train(cfg, tc, data, ckpt_dir=ckpt, progress=False, log=quiet)
+    history, seconds = read_ledger(ckpt, second)
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert seconds == pytest.approx(at4 + second.seconds, abs=0.5)
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(history, history[1:]))
+    assert history[4]["seconds"] >= at4  # step 5's clock starts at checkpoint 4's mark
 
 
 def test_batch_indices_are_a_function_of_step():

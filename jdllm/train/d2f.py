@@ -40,8 +40,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jdllm.models.transformer import Transformer
 from jdllm.train.diffusion import (
-    SFTData, TrainConfig, _manager, batch_indices, export_llada, make_optimizer, restore_checkpoint,
-    save_checkpoint)
+    RunLedger, SFTData, TrainConfig, _manager, batch_indices, export_llada, make_optimizer, read_ledger,
+    restore_checkpoint, save_checkpoint)
 
 
 # ======================================================================================================= config
@@ -205,6 +205,7 @@ def distill(teacher: Transformer, data: SFTData, cfg: D2FConfig, *, ckpt_dir: st
                 raise ValueError(f"{ckpt_dir}: checkpoint data position {int(tree['data_position'])} does not match "
                                  f"step {step0} x batch_size {cfg.batch_size}")
             log(f"resumed from {ckpt_dir} at step {step0}")
+    ledger = RunLedger(ckpt_dir, step0) if mngr is not None else None
     train_step = make_distill_step(graphdef, teacher_graphdef, optimizer, data.prompt_len, cfg)
     base_key = jax.random.key(cfg.seed)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -232,6 +233,7 @@ def distill(teacher: Transformer, data: SFTData, cfg: D2FConfig, *, ckpt_dir: st
                 history[-1].update(out)
         if mngr is not None and (done % cfg.ckpt_every == 0 or done == end):
             save_checkpoint(mngr, done, params, opt_state, done * cfg.batch_size)
+            ledger.record(done, time.time() - t0, history)
     if mngr is not None:
         mngr.wait_until_finished()
         mngr.close()
@@ -312,7 +314,6 @@ def main(argv=None):
     from jdllm.shipped import load_bundle
     from jdllm.tasks import arithmetic
     from jdllm.train.diffusion import problems_to_sft
-    from jdllm.train.shipped import record_history
 
     args = parse_args(argv)
     if args.fresh and os.path.isdir(args.ckpt_dir):
@@ -334,7 +335,7 @@ def main(argv=None):
 
     result = distill(teacher, data, cfg, ckpt_dir=args.ckpt_dir, callback=quick_eval if args.eval_every else None,
                      callback_every=args.eval_every)
-    history, seconds = record_history(args.ckpt_dir, result)
+    history, seconds = read_ledger(args.ckpt_dir, result)
     gen_cfg = {**json.loads(open(os.path.join(args.teacher, "generation_config.json")).read()),
                "block_length": cfg.block_size, "recipe": "d2f"}
     export_llada(result.student, tok, args.out, generation_config=gen_cfg)

@@ -361,13 +361,58 @@ def restore_checkpoint(mngr, params, opt_state):
 
 
 # ======================================================================================================== train
+class RunLedger:
+    """Wall time and loss history of one training run across its invocations (`ckpt_dir/train_meta.json`).
+
+    Written at every checkpoint, so a run killed between checkpoints still reports the time of the steps it kept:
+    on resume from step s the ledger restarts from the seconds recorded at checkpoint s, and the steps redone
+    after a kill are counted once, as if the run had not stopped. `seconds` in the history is cumulative."""
+
+    def __init__(self, ckpt_dir: str, step0: int):
+        self.path = os.path.join(ckpt_dir, "train_meta.json")
+        meta = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                meta = json.load(f)
+        marks = meta.get("checkpoints", {})
+        if step0 == 0:
+            self.offset = 0.0
+        elif str(step0) in marks:
+            self.offset = float(marks[str(step0)])
+        else:  # a ledger from before checkpoints were marked: its total is the best estimate
+            self.offset = float(meta.get("seconds", 0.0))
+        self.marks = {k: v for k, v in marks.items() if int(k) <= step0}
+        self.prior = [h for h in meta.get("history", []) if h["step"] <= step0]
+
+    def record(self, step: int, elapsed: float, history: list[dict[str, float]]) -> None:
+        """Mark checkpoint `step` after `elapsed` seconds of this invocation (`history`: its records so far)."""
+        self.marks[str(step)] = self.offset + elapsed
+        meta = {"step": step, "seconds": self.offset + elapsed, "checkpoints": self.marks,
+                "history": self.prior + [{**h, "seconds": h["seconds"] + self.offset} for h in history]}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def read_ledger(ckpt_dir: str, result) -> tuple[list[dict[str, float]], float]:
+    """(whole-run loss history, whole-run training seconds) of a finished invocation `result` whose loop kept a
+    `RunLedger` in `ckpt_dir`; this invocation's own figures when it wrote none."""
+    path = os.path.join(ckpt_dir, "train_meta.json")
+    if not os.path.exists(path):
+        return result.history, result.seconds
+    with open(path) as f:
+        meta = json.load(f)
+    return meta["history"], float(meta["seconds"])
+
+
 @dataclasses.dataclass
 class TrainResult:
     model: Transformer
     step: int
     loss: float  # mean training loss over the last `log_every` steps
     history: list[dict[str, float]]
-    seconds: float  # wall time of this invocation's training loop (compile included)
+    seconds: float  # wall time of this invocation's training loop (compile included; `read_ledger`: whole run)
 
 
 def phase_of(step: int, drill_steps: int, drill_every: int) -> tuple[bool, int]:
@@ -433,6 +478,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
             if int(tree["data_position"]) != step0 * tc.batch_size:
                 raise ValueError("checkpoint data position does not match its step and batch size")
             log(f"resumed from {ckpt_dir} at step {step0}")
+    ledger = RunLedger(ckpt_dir, step0) if mngr is not None else None
     train_step = make_train_step(graphdef, optimizer, model_cfg, tc)
     base_key = jax.random.key(tc.seed)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
@@ -482,6 +528,7 @@ def train(model_cfg: ModelConfig, tc: TrainConfig, data: SFTData, *, ckpt_dir: s
                 history[-1].update(out)
         if mngr is not None and (done % tc.ckpt_every == 0 or done == end):
             save_checkpoint(mngr, done, params, opt_state, done * tc.batch_size)
+            ledger.record(done, time.time() - t0, history)
         bar.update(1)
     bar.close()
     if mngr is not None:

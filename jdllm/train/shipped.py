@@ -32,7 +32,8 @@ from jdllm.log import get_logger
 from jdllm.text import write_tokenizer_config
 from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
 from jdllm.train.diffusion import (
-    TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft, train)
+    TrainConfig, default_tokenizer, evaluate, export_llada, fourier_number_init, param_count, problems_to_sft,
+    read_ledger, train)
 
 DEFAULT_OUT = os.path.join("runs", "arith-llada-tiny", "model")  # never into the installed package; copy it there by hand
 PROMPT_LEN = 32  # question + newline (<= 31 tokens with the shipped tokenizer), left-padded
@@ -94,7 +95,7 @@ def main(argv=None):
     callback = quick_eval(quick, tok, GEN_LEN, PROMPT_LEN) if args.eval_every else None
     result = train(cfg, tc, data, ckpt_dir=args.ckpt_dir, callback=callback,
                    callback_every=args.eval_every, init_fn=number_init(tok, args.fourier_periods))
-    history, total_seconds = record_history(args.ckpt_dir, result)
+    history, total_seconds = read_ledger(args.ckpt_dir, result)
     long_tc, long_history = None, []
     if args.long_steps:
         # Stage 2: the same problems with a `--long-gen` answer region (answer + EOS padding), starting from
@@ -107,7 +108,7 @@ def main(argv=None):
         stage1 = nnx.split(result.model)[1]
         long_dir = os.path.join(args.ckpt_dir, "long")
         result = train(cfg, long_tc, long_data, ckpt_dir=long_dir, init_fn=lambda params: stage1)
-        long_history, long_seconds = record_history(long_dir, result)
+        long_history, long_seconds = read_ledger(long_dir, result)
         total_seconds += long_seconds
     last_stage = long_history or history
     final_loss = last_stage[-1]["loss"] if last_stage else float("nan")
@@ -140,24 +141,6 @@ def main(argv=None):
     write_card(args, cfg, tc, history, final_loss, acc, lib_acc, len(test_problems), n_params, size_mb,
                total_seconds, eval_seconds, examples, long_tc, long_history, long_acc)
     return acc
-
-
-def record_history(ckpt_dir: str, result):
-    """Merge `result`'s loss history and wall time into `ckpt_dir/train_meta.json` (so that a resumed run reports
-    the whole training); returns (history, seconds)."""
-    meta_path = os.path.join(ckpt_dir, "train_meta.json")
-    meta = {"seconds": 0.0, "history": []}
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-    done_steps = {h["step"] for h in meta["history"]}
-    offset = meta["seconds"]  # the "seconds" column counts the whole training across resumed invocations
-    meta["history"] += [{**h, "seconds": h["seconds"] + offset} for h in result.history if h["step"] not in done_steps]
-    meta["history"].sort(key=lambda h: h["step"])
-    meta["seconds"] += result.seconds if result.history else 0.0
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
-    return meta["history"], meta["seconds"]
 
 
 def number_init(tok, periods: str, count: int = 100):

@@ -28,8 +28,8 @@ from jdllm.log import get_logger
 from jdllm.tasks import word_problems
 from jdllm.text import write_tokenizer_config
 from jdllm.train.common import quick_eval, small_llada_config, task_data, train_config
-from jdllm.train.diffusion import encode_sft, evaluate, export_llada, param_count, train
-from jdllm.train.shipped import number_init, record_history
+from jdllm.train.diffusion import encode_sft, evaluate, export_llada, param_count, read_ledger, train
+from jdllm.train.shipped import number_init
 from jdllm.weights.hf import load_hf
 
 PROMPT_LEN = 104  # labelled question + newline (<= 100 tokens, `word_problems.MAX_QUESTION_CHARS`), left-padded
@@ -133,7 +133,7 @@ def main(argv=None):
     drill = drill_data(tok, train_problems) if args.drill_steps or args.drill_every else None
     result = train(cfg, tc, data, ckpt_dir=ckpt_dir, callback=callback, callback_every=args.eval_every,
                    stop_at=args.stop_at, init_fn=number_init(tok, args.fourier_periods, count=10), drill=drill)
-    history, train_seconds = record_history(ckpt_dir, result)
+    history, train_seconds = read_ledger(ckpt_dir, result)
     gen_cfg = {"gen_length": GEN_LEN, "block_length": 32, "steps": GEN_LEN, "remasking": "low_confidence",
                "temperature": 0.0, "max_prompt_length": PROMPT_LEN, "answer_pattern": ANSWER_PATTERN,
                "task": "word_problems",
