@@ -140,6 +140,21 @@ def test_sweep_summary():
     assert s["area"] == pytest.approx(_dense_area([1, 2, 4, 8], [90, 89.5, 88, 70], 85), abs=1e-3)
 
 
+def test_every_sweep_grid_point_is_a_valid_setting():
+    """Each knob value of every grid builds its jdllm.generate arguments (policy validation included), so a
+    sweep cannot stop half-way on a setting its policy rejects."""
+    from jdllm.bench.sweep import GRIDS
+    from jdllm.validation import make_policy
+
+    cfg = load_bundle().model.config
+    for name, (_, grid, make) in GRIDS.items():
+        for value in grid:
+            kwargs = make(value, 64, cfg)  # policy objects validate when built
+            if "policy" not in kwargs:  # threshold / factor: built by generate's keyword path
+                make_policy(64, 32, 2, "low_confidence", kwargs.get("threshold"), kwargs.get("factor"), False,
+                            gen_length=64)
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end(tmp_path):
     """A two-point threshold sweep on the shipped model writes curves, summaries and a legible plot."""

@@ -36,7 +36,8 @@ WITHIN_POINTS = 1.0  # "equal accuracy": within 1 point of vanilla
 GRIDS: dict[str, tuple[str, tuple[float, ...], Callable[[float, int, Any], dict[str, Any]]]] = {
     "threshold": ("tau", (0.5, 0.6, 0.7, 0.8, 0.9, 0.95), lambda v, g, c: {"threshold": v}),
     "factor": ("factor", (0.5, 1.0, 2.0, 4.0, 8.0), lambda v, g, c: {"factor": v}),
-    "frechet": ("delta", (0.05, 0.1, 0.25, 0.5, 1.0), lambda v, g, c: {"policy": Frechet(delta=v)}),
+    # delta in [-1, 1) (G_1 = 2 c_1 - 1 < 1); 0.02 and 0.25 are the paper's GSM8K settings, larger is more careful
+    "frechet": ("delta", (0.02, 0.1, 0.25, 0.5, 0.75, 0.9), lambda v, g, c: {"policy": Frechet(delta=v)}),
     "r2": ("tau", (0.5, 0.7, 0.8, 0.9, 0.95), lambda v, g, c: {"policy": R2(
         tau=v, window=3, window_mean=0.8, max_decoded_in_window=1, token_cluster="confidence", temporal_steps=3,
         temporal_score=0.8, temporal_mode="last")}),
