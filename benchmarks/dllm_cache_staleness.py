@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jdllm.bench import bench_kwargs, machine_info  # noqa: E402
+from jdllm.bench.sweep import base_kwargs  # noqa: E402
 from jdllm.decode.caches import DLLMCache  # noqa: E402
 from jdllm.shipped import load_bundle  # noqa: E402
 from jdllm.tasks import task_module  # noqa: E402
@@ -39,11 +40,10 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    bundle = load_bundle(args.model) if args.model else load_bundle()
+    bundle = load_bundle(args.model)
     gen_length = bundle.gen_length
     problems = task_module(bundle.task).make_problems(args.n, "test", seed=0)
-    base = {"block_length": min(32, gen_length), "steps": gen_length, "temperature": 0.0,
-            "threshold": args.threshold}
+    base = {**base_kwargs(gen_length), "threshold": args.threshold}  # the sweep's points: blocks of 32, greedy
     rows = []
     for name, cache in SETTINGS:
         row = bench_kwargs(bundle, name, {**base, "cache": cache}, problems, gen_length, args.batch_size)

@@ -368,18 +368,17 @@ class RunLedger:
     on resume from step s the ledger restarts from the seconds recorded at checkpoint s, and the steps redone
     after a kill are counted once, as if the run had not stopped. `seconds` in the history is cumulative."""
 
+    FILE = "train_meta.json"
+
     def __init__(self, ckpt_dir: str, step0: int):
-        self.path = os.path.join(ckpt_dir, "train_meta.json")
-        meta = {}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                meta = json.load(f)
+        self.path = os.path.join(ckpt_dir, self.FILE)
+        meta = self.read(ckpt_dir) or {}
         marks = meta.get("checkpoints", {})
         if step0 == 0:
             self.offset = 0.0
         elif str(step0) in marks:
             self.offset = float(marks[str(step0)])
-        else:  # a ledger from before checkpoints were marked: its total is the best estimate
+        else:  # no mark for step0 (a ledger from before marks, or a kill between saving and marking): last total
             self.offset = float(meta.get("seconds", 0.0))
         self.marks = {k: v for k, v in marks.items() if int(k) <= step0}
         self.prior = [h for h in meta.get("history", []) if h["step"] <= step0]
@@ -394,15 +393,22 @@ class RunLedger:
             json.dump(meta, f, indent=1)
         os.replace(tmp, self.path)
 
+    @classmethod
+    def read(cls, ckpt_dir: str) -> dict | None:
+        """The ledger of `ckpt_dir` as written by `record`, or None when there is none."""
+        path = os.path.join(ckpt_dir, cls.FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
 
 def read_ledger(ckpt_dir: str, result) -> tuple[list[dict[str, float]], float]:
     """(whole-run loss history, whole-run training seconds) of a finished invocation `result` whose loop kept a
     `RunLedger` in `ckpt_dir`; this invocation's own figures when it wrote none."""
-    path = os.path.join(ckpt_dir, "train_meta.json")
-    if not os.path.exists(path):
+    meta = RunLedger.read(ckpt_dir)
+    if meta is None:
         return result.history, result.seconds
-    with open(path) as f:
-        meta = json.load(f)
     return meta["history"], float(meta["seconds"])
 
 
@@ -598,7 +604,8 @@ def evaluate(model: Transformer, problems: Sequence[Problem], gen_length: int = 
     """Exact-answer accuracy of `model` on `problems` under greedy LLaDA decoding (low-confidence, semi-AR).
 
     Prompts are `prompt_format(question)` (the task's own; default the arithmetic task's), left-padded; the output
-    is decoded up to the first EOS and scored with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the decoded predictions if asked).
+    is decoded up to the first EOS and scored with `jdllm.tasks.arithmetic.score`. Returns accuracy (and the
+    decoded predictions if asked).
     """
     tokenizer = tokenizer or default_tokenizer()
     graphdef, params = nnx.split(model)
